@@ -1,0 +1,70 @@
+//! Events (append-only log) and evals.
+
+use crate::db::{Context, Ledger, LedgerError, now_ms};
+use crate::types::{Eval, Event};
+use sqlx::Row;
+
+impl Ledger {
+    pub async fn event(
+        &self,
+        run_id: Option<i64>,
+        attempt_id: Option<i64>,
+        kind: &str,
+        payload: &serde_json::Value,
+    ) -> Result<(), LedgerError> {
+        let mut tx = self.write().await?;
+        sqlx::query("INSERT INTO events (time_ms, run_id, attempt_id, kind, payload) VALUES (?, ?, ?, ?, ?)")
+            .bind(now_ms())
+            .bind(run_id)
+            .bind(attempt_id)
+            .bind(kind)
+            .bind(payload.to_string())
+            .execute(&mut *tx)
+            .await
+            .ctx("insert event")?;
+        tx.commit().await.ctx("commit event")
+    }
+
+    pub async fn events(&self, run_id: i64) -> Result<Vec<Event>, LedgerError> {
+        let rows = sqlx::query(
+            "SELECT id, time_ms, run_id, attempt_id, kind, payload FROM events WHERE run_id = ? ORDER BY id",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await
+        .ctx("select events")?;
+        rows.iter()
+            .map(|r| {
+                Ok(Event {
+                    id: r.try_get("id")?,
+                    time_ms: r.try_get("time_ms")?,
+                    run_id: r.try_get("run_id")?,
+                    attempt_id: r.try_get("attempt_id")?,
+                    kind: r.try_get("kind")?,
+                    payload: r.try_get("payload")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .ctx("decode events")
+    }
+
+    pub async fn record_eval(&self, eval: &Eval) -> Result<(), LedgerError> {
+        let mut tx = self.write().await?;
+        sqlx::query(
+            "INSERT INTO evals (attempt_id, checkpoint_id, step, suite, metric, value, samples, time_ms)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(eval.attempt_id)
+        .bind(eval.checkpoint_id)
+        .bind(eval.step)
+        .bind(&eval.suite)
+        .bind(&eval.metric)
+        .bind(eval.value.filter(|v| v.is_finite()))
+        .bind(eval.samples)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await
+        .ctx("insert eval")?;
+        tx.commit().await.ctx("commit eval")
+    }
+}

@@ -1,0 +1,1 @@
+//! placeholder: owned by the model work; see its issue.

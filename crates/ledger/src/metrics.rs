@@ -3,6 +3,7 @@
 
 use crate::db::{Context, Ledger, LedgerError, now_ms};
 use sqlx::Row;
+use std::sync::OnceLock;
 use tokio::sync::{mpsc, oneshot};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -14,37 +15,51 @@ pub struct MetricPoint {
     pub value: f64,
 }
 
-/// Rows per statement: the batch travels as one JSON parameter expanded by `json_each`, which costs
-/// one statement execution per chunk instead of one per row.
-const CHUNK: usize = 4096;
+/// Rows per statement: multi-row VALUES, 5 parameters a row, under SQLite's parameter limit.
+/// One statement per 200 rows costs far less than one per row.
+const CHUNK: usize = 200;
+
+/// `INSERT … VALUES (?,?,?,?,?), … ON CONFLICT DO UPDATE` for `rows` rows.
+fn upsert_sql(rows: usize) -> String {
+    let mut sql = String::from("INSERT INTO metrics (attempt_id, key, step, value, time_ms) VALUES ");
+    for i in 0..rows {
+        if i > 0 {
+            sql.push(',');
+        }
+        sql.push_str("(?,?,?,?,?)");
+    }
+    sql.push_str(" ON CONFLICT (attempt_id, key, step) DO UPDATE SET value = excluded.value, time_ms = excluded.time_ms");
+    sql
+}
 
 impl Ledger {
     /// Upserts a batch of metric points in one `BEGIN IMMEDIATE` transaction.
     pub async fn write_metrics(&self, points: &[MetricPoint]) -> Result<(), LedgerError> {
+        static FULL_CHUNK_SQL: OnceLock<String> = OnceLock::new();
         if points.is_empty() {
             return Ok(());
         }
         let now = now_ms();
+        let full: &'static str = FULL_CHUNK_SQL.get_or_init(|| upsert_sql(CHUNK));
         let mut tx = self.write().await?;
         for chunk in points.chunks(CHUNK) {
-            let rows: Vec<serde_json::Value> = chunk
-                .iter()
-                .map(|p| {
-                    let v = if p.value.is_finite() { serde_json::json!(p.value) } else { serde_json::Value::Null };
-                    serde_json::json!([p.attempt_id, p.key, p.step, v])
-                })
-                .collect();
-            let json = serde_json::Value::Array(rows).to_string();
-            sqlx::query(
-                "INSERT INTO metrics (attempt_id, key, step, value, time_ms)
-                 SELECT j.value ->> 0, j.value ->> 1, j.value ->> 2, j.value ->> 3, ?1 FROM json_each(?2) AS j WHERE true
-                 ON CONFLICT (attempt_id, key, step) DO UPDATE SET value = excluded.value, time_ms = excluded.time_ms",
-            )
-            .bind(now)
-            .bind(json)
-            .execute(&mut *tx)
-            .await
-            .ctx("insert metrics")?;
+            let partial;
+            let sql = if chunk.len() == CHUNK {
+                sqlx::AssertSqlSafe(full)
+            } else {
+                partial = upsert_sql(chunk.len());
+                sqlx::AssertSqlSafe(partial.as_str())
+            };
+            let mut q = sqlx::query(sql);
+            for p in chunk {
+                q = q
+                    .bind(p.attempt_id)
+                    .bind(p.key.as_str())
+                    .bind(p.step)
+                    .bind(p.value.is_finite().then_some(p.value))
+                    .bind(now);
+            }
+            q.execute(&mut *tx).await.ctx("insert metrics")?;
         }
         tx.commit().await.ctx("commit metrics")
     }

@@ -1,1 +1,12 @@
-fn main() {}
+//! `tardbot-pipeline`: see `tardbot-pipeline --help` and the README.
+
+use std::process::ExitCode;
+
+// Training and data stages allocate many short-lived buffers; mimalloc handles that far better
+// than the system allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> ExitCode {
+    tardbot_pipeline::cli::main(tardbot_pipeline::registry::stages())
+}

@@ -137,17 +137,19 @@ pub(crate) fn parse_and_validate(
     Err(invalid(problems))
 }
 
-/// Blanks a line; for a table header, the whole table up to the next header.
+/// Blanks a line with spaces (byte offsets of the rest of the file stay valid for the spans of later
+/// errors); for a table header, the whole table up to the next header.
 fn blank_out(lines: &mut [String], line: usize) {
     let is_header = |l: &str| l.trim_start().starts_with('[');
+    let blank = |l: &mut String| *l = " ".repeat(l.len());
     let header = is_header(&lines[line]);
-    lines[line].clear();
+    blank(&mut lines[line]);
     if header {
         for l in lines[line + 1..].iter_mut() {
             if is_header(l) {
                 break;
             }
-            l.clear();
+            blank(l);
         }
     }
 }

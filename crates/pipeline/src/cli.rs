@@ -1,0 +1,248 @@
+//! The `tardbot-pipeline` command line.
+
+use crate::orchestrator::{Orchestrator, RunOptions, error_chain};
+use crate::registry::Registry;
+use crate::workspace::Workspace;
+use crate::{bench, logging, report};
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use tardbot_core::{ModelConfig, PipelineConfig};
+use tardbot_ledger::{Ledger, RunStatus};
+
+#[derive(Parser, Debug)]
+#[command(name = "tardbot-pipeline", version, about = "Raw text to a small MoE chat model: run, resume and inspect the TardBot pipeline.")]
+pub struct Cli {
+    /// The pipeline file.
+    #[arg(long, short, global = true, default_value = "pipeline.toml")]
+    pub config: PathBuf,
+    /// Workspace directory (ledger and runs); default: `workspace` from the pipeline file.
+    #[arg(long, global = true)]
+    pub workspace: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Start a new run of `all` stages, or of the named stages and their upstream.
+    Run {
+        #[arg(required = true, value_name = "all|STAGE")]
+        targets: Vec<String>,
+        /// Run STAGE even if a cached result exists (repeatable; `all` forces every stage).
+        #[arg(long, value_name = "STAGE")]
+        force: Vec<String>,
+    },
+    /// Continue an interrupted or failed run from where it stopped, with its recorded config.
+    Resume {
+        run: String,
+        #[arg(long, value_name = "STAGE")]
+        force: Vec<String>,
+    },
+    /// Stages of a run (default: the newest) with state, attempts, duration, cached/resumed.
+    Status { run: Option<String> },
+    /// Table of all runs.
+    Runs,
+    /// Parameter counts and memory of a model preset.
+    Describe {
+        preset: String,
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        #[arg(long, default_value_t = 256)]
+        seq: usize,
+    },
+    /// Check a pipeline file; every problem is reported with file, line and field.
+    Validate { file: Option<PathBuf> },
+    /// Run a benchmark; prints a table, then one JSON line of figures.
+    Bench {
+        #[command(subcommand)]
+        what: BenchWhat,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchWhat {
+    /// Batched metric inserts and per-step logging cost.
+    Ledger {
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: usize,
+    },
+}
+
+/// Entry point of the shipped binary.
+pub fn main(registry: Registry) -> ExitCode {
+    ExitCode::from(main_with_args(registry, std::env::args_os()))
+}
+
+/// Entry point with explicit arguments and stage registry (tests drive the real CLI with test
+/// stages). Returns the process exit code: 0 ok, 1 failure, 2 bad usage or config, 130 interrupted.
+pub fn main_with_args<I, T>(registry: Registry, args: I) -> u8
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    logging::init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    match runtime.block_on(dispatch(cli, registry)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", error_chain(e.as_ref()));
+            1
+        }
+    }
+}
+
+fn load_config(path: &Path) -> Result<(PipelineConfig, String), u8> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: cannot read pipeline file {}: {e} (pass another with --config FILE)", path.display());
+            return Err(2);
+        }
+    };
+    match PipelineConfig::load(path) {
+        Ok(cfg) => Ok((cfg, text)),
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(2)
+        }
+    }
+}
+
+fn workspace(cli_ws: &Option<PathBuf>, config: &Path) -> Result<Workspace, u8> {
+    match cli_ws {
+        Some(ws) => Ok(Workspace::new(ws)),
+        None => load_config(config).map(|(c, _)| Workspace::new(c.workspace_dir())),
+    }
+}
+
+fn exit_for(status: RunStatus) -> u8 {
+    match status {
+        RunStatus::Succeeded => 0,
+        RunStatus::Interrupted => 130,
+        _ => 1,
+    }
+}
+
+async fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<u8> {
+    match cli.command {
+        Command::Run { targets, force } => {
+            let (config, text) = match load_config(&cli.config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            let ws = Workspace::new(cli.workspace.clone().unwrap_or_else(|| config.workspace_dir()));
+            let orch = Orchestrator::open(registry, ws).await?;
+            let outcome = orch.run(config, &text, &targets, &RunOptions { force }).await?;
+            print_outcome(&orch, &outcome).await?;
+            Ok(exit_for(outcome.status))
+        }
+        Command::Resume { run, force } => {
+            let ws = match workspace(&cli.workspace, &cli.config) {
+                Ok(ws) => ws,
+                Err(code) => return Ok(code),
+            };
+            let orch = Orchestrator::open(registry, ws).await?;
+            let existing = orch.ledger.run(&run).await?;
+            if existing.status == RunStatus::Succeeded && force.is_empty() {
+                println!("{} already succeeded; nothing to resume", existing.name);
+                return Ok(0);
+            }
+            let outcome = orch.resume(&run, &RunOptions { force }).await?;
+            print_outcome(&orch, &outcome).await?;
+            Ok(exit_for(outcome.status))
+        }
+        Command::Status { run } => {
+            let ws = match workspace(&cli.workspace, &cli.config) {
+                Ok(ws) => ws,
+                Err(code) => return Ok(code),
+            };
+            let ledger = Ledger::open(&ws.ledger_path()).await?;
+            let run = match run {
+                Some(r) => ledger.run(&r).await?,
+                None => match ledger.runs().await?.into_iter().next() {
+                    Some(r) => r,
+                    None => {
+                        println!("no runs yet in {}", ledger.path().display());
+                        return Ok(0);
+                    }
+                },
+            };
+            print!("{}", report::status(&ledger, &ws, &run).await?);
+            Ok(0)
+        }
+        Command::Runs => {
+            let ws = match workspace(&cli.workspace, &cli.config) {
+                Ok(ws) => ws,
+                Err(code) => return Ok(code),
+            };
+            let ledger = Ledger::open(&ws.ledger_path()).await?;
+            print!("{}", report::runs(&ledger, &ws).await?);
+            Ok(0)
+        }
+        Command::Describe { preset, batch, seq } => match ModelConfig::from_preset(&preset) {
+            Some(m) => {
+                println!("{}", m.describe(batch, seq));
+                Ok(0)
+            }
+            None => {
+                eprintln!(
+                    "error: preset `{preset}` does not exist; choose one of: {}",
+                    ModelConfig::preset_names().join(", ")
+                );
+                Ok(2)
+            }
+        },
+        Command::Validate { file } => {
+            let path = file.unwrap_or(cli.config);
+            match load_config(&path) {
+                Ok((cfg, _)) => {
+                    println!(
+                        "{}: ok (preset {}, workspace {})",
+                        path.display(),
+                        cfg.model.preset,
+                        cfg.workspace_dir().display()
+                    );
+                    Ok(0)
+                }
+                Err(code) => Ok(code),
+            }
+        }
+        Command::Bench { what } => {
+            let figures = match what {
+                BenchWhat::Ledger { rows } => bench::ledger(rows).await.context("ledger benchmark")?,
+            };
+            bench::emit(&figures);
+            Ok(0)
+        }
+    }
+}
+
+async fn print_outcome(orch: &Orchestrator, outcome: &crate::orchestrator::RunOutcome) -> anyhow::Result<()> {
+    print!("{}", report::status(&orch.ledger, &orch.workspace, &outcome.run).await?);
+    println!(
+        "{} {} in {:.2}s{}",
+        outcome.run.name,
+        outcome.status,
+        outcome.elapsed.as_secs_f64(),
+        match outcome.status {
+            RunStatus::Succeeded => String::new(),
+            _ => format!(" — continue with: tardbot-pipeline resume {}", outcome.run.name),
+        }
+    );
+    Ok(())
+}

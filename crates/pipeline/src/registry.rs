@@ -1,0 +1,11 @@
+//! The stages this binary ships, in pipeline order.
+
+use std::sync::Arc;
+use tardbot_core::Stage;
+
+pub type Registry = Vec<Arc<dyn Stage>>;
+
+/// Every stage of the shipped pipeline. Stages are added here as their crates land.
+pub fn stages() -> Registry {
+    vec![]
+}

@@ -1,0 +1,19 @@
+//! The training engine shared by every training stage (pretrain, sft, toolcall, cot).
+//!
+//! - [`optim`]: AdamW with fp32 moments, decoupled weight decay with per-parameter exclusions,
+//!   global-norm gradient clipping, and state that saves and loads bit-exactly (candle-nn's `AdamW`
+//!   keeps its state private, so exact resume needs our own). Updates happen in place on CPU.
+//! - [`schedule`]: linear warmup, then cosine or WSD (warmup–stable–decay) learning rates.
+//! - [`checkpoint`]: checkpoint directories written atomically (temp dir, fsync, rename) with a
+//!   retention policy.
+//!
+//! What it does not do (yet): the training step itself (gradient accumulation, segmented backward),
+//! the expert store, and stage wiring — those arrive with the training-engine and expert-store issues.
+
+pub mod checkpoint;
+pub mod optim;
+pub mod schedule;
+
+pub use checkpoint::{CheckpointDir, CheckpointError};
+pub use optim::{AdamW, AdamWConfig, OptimError};
+pub use schedule::LrSchedule;

@@ -1,0 +1,672 @@
+//! Model-level tests: parameter counts against real tensors, finite-difference gradients, the banded
+//! mask, KV-cache decoding, safetensors round trip, int8 accuracy, generation.
+
+use candle_core::{DType, Device, Tensor, backprop::GradStore};
+use tardbot_core::ModelConfig;
+
+use crate::attention::AttnCtx;
+use crate::*;
+
+fn micro() -> ModelConfig {
+    ModelConfig::from_preset("micro").expect("micro preset")
+}
+
+fn ids(cfg: &ModelConfig, b: usize, t: usize, seed: u64) -> Tensor {
+    let mut r = crate::rng::Rng::new(seed);
+    let v: Vec<u32> = (0..b * t)
+        .map(|_| (r.next_u64() % cfg.vocab_size as u64) as u32)
+        .collect();
+    Tensor::from_vec(v, (b, t), &Device::Cpu).unwrap()
+}
+
+fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
+    (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+}
+
+#[test]
+fn param_counts_match_real_tensors() {
+    let mut dense = micro();
+    dense.n_experts = 0;
+    dense.experts_per_token = 0;
+    dense.n_dense_layers = dense.n_layers;
+    let mut untied = micro();
+    untied.tie_embeddings = false;
+    for cfg in [
+        micro(),
+        ModelConfig::from_preset("tiny").unwrap(),
+        dense,
+        untied,
+    ] {
+        let (_, vm) = TardBot::new_random(&cfg, 0, DType::F32, &Device::Cpu).unwrap();
+        let vars = named_vars(&vm);
+        let n: usize = vars.iter().map(|(_, v)| v.elem_count()).sum();
+        assert_eq!(n, cfg.param_counts().total, "{cfg:?}");
+        let names: Vec<String> = vars.iter().map(|(k, _)| k.clone()).collect();
+        assert_eq!(names, TardBot::param_names(&cfg));
+    }
+}
+
+fn total_loss(
+    model: &TardBot,
+    x: &Tensor,
+    y: &Tensor,
+    docs: Option<&Tensor>,
+) -> (Tensor, Vec<Vec<u32>>) {
+    let out = model.forward(x, docs).unwrap();
+    let l = model.loss(&out, y, None).unwrap();
+    (l.total, out.expert_counts)
+}
+
+/// Central finite differences in f64 on every parameter tensor of the micro model (dense + MoE layers,
+/// router and every expert, tied embedding, norms): a random direction per tensor plus its largest-gradient
+/// element and two random elements. Returns the worst relative error.
+#[test]
+fn finite_difference_gradients_f64() {
+    let mut cfg = micro();
+    // Large loss coefficients so the router losses' gradients are checked, not drowned.
+    cfg.router_aux_loss_coef = 0.3;
+    cfg.router_z_loss_coef = 0.1;
+    let dev = Device::Cpu;
+    let (model, vm) = TardBot::new_random(&cfg, 11, DType::F64, &dev).unwrap();
+    let (b, t) = (2, 9); // t > window (4) and > stride (2): several query blocks, band active
+    let x = ids(&cfg, b, t + 1, 5);
+    let (inp, tgt) = (
+        x.narrow(1, 0, t).unwrap(),
+        x.narrow(1, 1, t).unwrap().contiguous().unwrap(),
+    );
+    let docs = Tensor::from_vec(
+        vec![0u32, 0, 0, 0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 2, 2, 2],
+        (b, t),
+        &dev,
+    )
+    .unwrap();
+    let (loss, counts) = total_loss(&model, &inp, &tgt, Some(&docs));
+    for (l, c) in counts.iter().enumerate() {
+        assert!(
+            c.iter().all(|&n| n > 0),
+            "MoE layer {l}: an expert got no token {c:?}; pick another seed"
+        );
+    }
+    let grads: GradStore = loss.backward().unwrap();
+    let eps = 1e-5;
+    let mut worst: f64 = 0.0;
+    let mut rng = crate::rng::Rng::new(99);
+    for (name, var) in named_vars(&vm) {
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("{name}: no gradient"));
+        let gv = g.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let gnorm = gv.iter().map(|x| x * x).sum::<f64>().sqrt();
+        assert!(gnorm > 1e-10, "{name}: zero gradient");
+        let base = var
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        let n = base.len();
+        let eval = |delta: &[f64]| -> f64 {
+            let run = |s: f64| -> f64 {
+                let v: Vec<f64> = base.iter().zip(delta).map(|(a, d)| a + s * d).collect();
+                var.set(&Tensor::from_vec(v, var.shape(), &dev).unwrap())
+                    .unwrap();
+                let (l, c) = total_loss(&model, &inp, &tgt, Some(&docs));
+                assert_eq!(c, counts, "{name}: routing changed under the perturbation");
+                l.to_scalar::<f64>().unwrap()
+            };
+            let fd = (run(eps) - run(-eps)) / (2.0 * eps);
+            var.set(&Tensor::from_vec(base.clone(), var.shape(), &dev).unwrap())
+                .unwrap();
+            fd
+        };
+        let mut dirs: Vec<Vec<f64>> = Vec::new();
+        let dir: Vec<f64> = (0..n).map(|_| rng.normal()).collect();
+        dirs.push(dir);
+        let imax = (0..n)
+            .max_by(|&a, &c| gv[a].abs().total_cmp(&gv[c].abs()))
+            .unwrap();
+        for i in [
+            imax,
+            (rng.next_u64() % n as u64) as usize,
+            (rng.next_u64() % n as u64) as usize,
+        ] {
+            let mut d = vec![0.0; n];
+            d[i] = 1.0;
+            dirs.push(d);
+        }
+        for (k, d) in dirs.iter().enumerate() {
+            let an: f64 = gv.iter().zip(d).map(|(a, b)| a * b).sum();
+            let fd = eval(d);
+            // Elements with a near-zero gradient are compared on the tensor's gradient scale.
+            let scale = an
+                .abs()
+                .max(fd.abs())
+                .max(if k == 0 { 0.0 } else { 1e-3 * gnorm });
+            let rel = if scale == 0.0 {
+                0.0
+            } else {
+                (an - fd).abs() / scale
+            };
+            assert!(
+                rel < 1e-4,
+                "{name} check {k}: analytic {an:e} vs finite difference {fd:e} (rel {rel:e})"
+            );
+            worst = worst.max(rel);
+        }
+    }
+    eprintln!("finite-difference check: worst relative error {worst:e}");
+}
+
+/// Explicit reference: naive loops over the full T×T banded (and document) mask.
+fn naive_attention(
+    cfg: &ModelConfig,
+    att: &crate::attention::Attention,
+    x: &[Vec<Vec<f64>>],
+    docs: &[Vec<u32>],
+) -> Vec<Vec<Vec<f64>>> {
+    let w = |l: &crate::ops::Linear| l.weight.to_vec2::<f64>().unwrap();
+    let (wq, wk, wv, wo) = (w(&att.q), w(&att.k), w(&att.v), w(&att.o));
+    let hd = cfg.head_dim();
+    let rep = cfg.n_heads / cfg.n_kv_heads;
+    let mv = |m: &Vec<Vec<f64>>, v: &Vec<f64>| -> Vec<f64> {
+        m.iter()
+            .map(|r| r.iter().zip(v).map(|(a, b)| a * b).sum())
+            .collect()
+    };
+    let rope = |v: &mut [f64], pos: usize| {
+        for i in 0..hd / 2 {
+            let a = pos as f64 / cfg.rope_theta.powf(2.0 * i as f64 / hd as f64);
+            let (x1, x2) = (v[2 * i], v[2 * i + 1]);
+            v[2 * i] = x1 * a.cos() - x2 * a.sin();
+            v[2 * i + 1] = x1 * a.sin() + x2 * a.cos();
+        }
+    };
+    x.iter()
+        .zip(docs)
+        .map(|(seq, doc)| {
+            let t = seq.len();
+            let q: Vec<Vec<f64>> = seq.iter().map(|v| mv(&wq, v)).collect();
+            let k: Vec<Vec<f64>> = seq.iter().map(|v| mv(&wk, v)).collect();
+            let v: Vec<Vec<f64>> = seq.iter().map(|v| mv(&wv, v)).collect();
+            (0..t)
+                .map(|p| {
+                    let mut merged = vec![0.0; cfg.n_heads * hd];
+                    for h in 0..cfg.n_heads {
+                        let g = h / rep;
+                        let mut qh = q[p][h * hd..(h + 1) * hd].to_vec();
+                        rope(&mut qh, p);
+                        let mut scores = vec![f64::NEG_INFINITY; t];
+                        for (j, s) in scores.iter_mut().enumerate() {
+                            if j <= p && p - j < cfg.window && doc[j] == doc[p] {
+                                let mut kh = k[j][g * hd..(g + 1) * hd].to_vec();
+                                rope(&mut kh, j);
+                                *s = qh.iter().zip(&kh).map(|(a, b)| a * b).sum::<f64>()
+                                    / (hd as f64).sqrt();
+                            }
+                        }
+                        let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                        let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+                        let z: f64 = e.iter().sum();
+                        for (j, ej) in e.iter().enumerate() {
+                            for d in 0..hd {
+                                merged[h * hd + d] += ej / z * v[j][g * hd + d];
+                            }
+                        }
+                    }
+                    mv(&wo, &merged)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn sliding_window_matches_explicit_banded_mask() {
+    let mut cfg = micro();
+    cfg.window = 5;
+    cfg.window_stride = 3;
+    let dev = Device::Cpu;
+    let (model, _) = TardBot::new_random(&cfg, 3, DType::F64, &dev).unwrap();
+    let (b, t) = (2, 13);
+    let mut r = crate::rng::Rng::new(4);
+    let xv: Vec<Vec<Vec<f64>>> = (0..b)
+        .map(|_| {
+            (0..t)
+                .map(|_| (0..cfg.hidden_size).map(|_| r.normal()).collect())
+                .collect()
+        })
+        .collect();
+    let x = Tensor::new(xv.clone(), &dev).unwrap();
+    let att = &model.blocks[1].attn;
+    for docs in [
+        vec![vec![0u32; t]; b],
+        vec![
+            vec![0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2],
+            vec![5, 5, 5, 5, 5, 5, 5, 5, 6, 6, 6, 6, 6],
+        ],
+    ] {
+        let ctx = AttnCtx::new(&cfg, t, 0, Some(&docs), false, DType::F64, &dev).unwrap();
+        assert!(ctx.blocks.len() > 1);
+        let got = att.forward(&x, &ctx).unwrap().to_vec3::<f64>().unwrap();
+        let want = naive_attention(&cfg, att, &xv, &docs);
+        let err = got
+            .iter()
+            .flatten()
+            .flatten()
+            .zip(want.iter().flatten().flatten())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(err < 1e-12, "max error {err}");
+    }
+    // Without doc ids = one document.
+    let ctx = AttnCtx::new(&cfg, t, 0, None, false, DType::F64, &dev).unwrap();
+    let got = att.forward(&x, &ctx).unwrap().to_vec3::<f64>().unwrap();
+    let want = naive_attention(&cfg, att, &xv, &vec![vec![0u32; t]; b]);
+    let err = got
+        .iter()
+        .flatten()
+        .flatten()
+        .zip(want.iter().flatten().flatten())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(err < 1e-12, "max error {err}");
+}
+
+#[test]
+fn documents_do_not_see_each_other() {
+    let cfg = micro();
+    let dev = Device::Cpu;
+    let (model, _) = TardBot::new_random(&cfg, 5, DType::F64, &dev).unwrap();
+    let a = ids(&cfg, 1, 10, 1);
+    let mut v = a.flatten_all().unwrap().to_vec1::<u32>().unwrap();
+    v[1] = (v[1] + 1) % cfg.vocab_size as u32; // change document 0 only
+    let b = Tensor::from_vec(v, (1, 10), &dev).unwrap();
+    let docs = Tensor::from_vec(vec![0u32, 0, 0, 0, 1, 1, 1, 1, 1, 1], (1, 10), &dev).unwrap();
+    let la = model.forward(&a, Some(&docs)).unwrap().logits;
+    let lb = model.forward(&b, Some(&docs)).unwrap().logits;
+    assert_eq!(
+        max_abs(&la.narrow(1, 4, 6).unwrap(), &lb.narrow(1, 4, 6).unwrap()),
+        0.0
+    );
+    assert!(max_abs(&la.narrow(1, 1, 3).unwrap(), &lb.narrow(1, 1, 3).unwrap()) > 1e-6);
+}
+
+#[test]
+fn kv_cache_decoding_equals_full_forward_beyond_window() {
+    let cfg = micro(); // window 4
+    let dev = Device::Cpu;
+    for fused in [false, true] {
+        let dtype = if fused { DType::F32 } else { DType::F64 };
+        let (model, _) = TardBot::new_random(&cfg, 8, dtype, &dev).unwrap();
+        let model = model.with_fused_kernels(fused);
+        let t = 15;
+        let x = ids(&cfg, 1, t, 2);
+        let full = model.forward(&x, None).unwrap().logits;
+        for chunk in [1, 3, 6] {
+            let mut cache = model.new_cache();
+            let mut parts = Vec::new();
+            let mut s = 0;
+            while s < t {
+                let n = chunk.min(t - s);
+                parts.push(
+                    model
+                        .forward_cached(&x.narrow(1, s, n).unwrap(), &mut cache)
+                        .unwrap(),
+                );
+                s += n;
+            }
+            let inc = Tensor::cat(&parts, 1).unwrap();
+            let err = max_abs(&full, &inc);
+            let tol = if fused { 1e-4 } else { 1e-11 };
+            assert!(err < tol, "fused {fused} chunk {chunk}: {err}");
+            assert!(
+                cache.layers.iter().all(|c| c.len() == cfg.window),
+                "the ring holds exactly the window"
+            );
+        }
+    }
+}
+
+#[test]
+fn fused_inference_kernels_match_training_path() {
+    let cfg = ModelConfig::from_preset("tiny").unwrap();
+    let (model, _) = TardBot::new_random(&cfg, 1, DType::F32, &Device::Cpu).unwrap();
+    let x = ids(&cfg, 2, 40, 3);
+    let a = model.forward(&x, None).unwrap().logits;
+    let b = model
+        .clone()
+        .with_fused_kernels(true)
+        .forward(&x, None)
+        .unwrap()
+        .logits;
+    assert!(max_abs(&a, &b) < 1e-4);
+}
+
+#[test]
+fn router_losses_at_a_uniform_router() {
+    let cfg = micro();
+    let (model, vm) = TardBot::new_random(&cfg, 2, DType::F64, &Device::Cpu).unwrap();
+    for (name, var) in named_vars(&vm) {
+        if name.ends_with("router.weight") {
+            var.set(&var.zeros_like().unwrap()).unwrap();
+        }
+    }
+    let out = model.forward(&ids(&cfg, 2, 6, 1), None).unwrap();
+    let moe_layers = cfg.n_moe_layers() as f64;
+    // Uniform probabilities: aux = E · Σ f_e / E = 1 per layer; z = (ln E)² per layer.
+    assert!((out.aux_loss.to_scalar::<f64>().unwrap() - moe_layers).abs() < 1e-12);
+    let z = (cfg.n_experts as f64).ln().powi(2) * moe_layers;
+    assert!((out.z_loss.to_scalar::<f64>().unwrap() - z).abs() < 1e-12);
+    for c in &out.expert_counts {
+        assert_eq!(
+            c.iter().sum::<u32>() as usize,
+            2 * 6 * cfg.experts_per_token
+        );
+    }
+}
+
+#[test]
+fn loss_mask_and_bad_input() {
+    let cfg = micro();
+    let (model, _) = TardBot::new_random(&cfg, 2, DType::F32, &Device::Cpu).unwrap();
+    let x = ids(&cfg, 1, 6, 1);
+    let out = model.forward(&x, None).unwrap();
+    let all = cross_entropy(&out.logits, &x, None)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let mask = Tensor::new(&[[1u32, 1, 1, 1, 1, 1]], &Device::Cpu).unwrap();
+    let m = cross_entropy(&out.logits, &x, Some(&mask))
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!((all - m).abs() < 1e-6);
+    let half = Tensor::new(&[[1u32, 1, 1, 0, 0, 0]], &Device::Cpu).unwrap();
+    let h = cross_entropy(&out.logits, &x, Some(&half))
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let first = cross_entropy(
+        &out.logits.narrow(1, 0, 3).unwrap(),
+        &x.narrow(1, 0, 3).unwrap(),
+        None,
+    )
+    .unwrap()
+    .to_scalar::<f32>()
+    .unwrap();
+    assert!((h - first).abs() < 1e-6);
+    let bad = Tensor::new(&[[cfg.vocab_size as u32]], &Device::Cpu).unwrap();
+    assert!(matches!(
+        model.forward(&bad, None),
+        Err(ModelError::Input(_))
+    ));
+    let zero = Tensor::new(&[[0u32, 0, 0, 0, 0, 0]], &Device::Cpu).unwrap();
+    assert!(cross_entropy(&out.logits, &x, Some(&zero)).is_err());
+}
+
+#[test]
+fn safetensors_round_trip() {
+    let cfg = micro();
+    let dev = Device::Cpu;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.safetensors");
+    let (a, vm) = TardBot::new_random(&cfg, 1, DType::F32, &dev).unwrap();
+    save_safetensors(&vm, &path).unwrap();
+    let (b, vm2) = load_model(&cfg, &path, DType::F32, &dev).unwrap();
+    let x = ids(&cfg, 1, 7, 1);
+    assert_eq!(
+        max_abs(
+            &a.forward(&x, None).unwrap().logits,
+            &b.forward(&x, None).unwrap().logits
+        ),
+        0.0
+    );
+    let names: Vec<String> = named_vars(&vm2).into_iter().map(|(k, _)| k).collect();
+    assert_eq!(names, TardBot::param_names(&cfg));
+    // Another configuration must not load.
+    let mut other = cfg.clone();
+    other.n_layers = 3;
+    assert!(matches!(
+        load_model(&other, &path, DType::F32, &dev),
+        Err(ModelError::Checkpoint { .. })
+    ));
+    let mut wider = cfg.clone();
+    wider.intermediate_size = 48;
+    assert!(load_model(&wider, &path, DType::F32, &dev).is_err());
+}
+
+#[test]
+fn int8_inference_is_close_to_fp32() {
+    let cfg = ModelConfig::from_preset("tiny").unwrap();
+    let (model, _) = TardBot::new_random(&cfg, 4, DType::F32, &Device::Cpu).unwrap();
+    let model = model.with_fused_kernels(true);
+    let q8 = model.quantize_int8().unwrap();
+    assert!(q8.lm_head.is_quantized());
+    let (rel, agree) = bench::int8_logit_error(&model, &q8, &ids(&cfg, 2, 48, 9)).unwrap();
+    eprintln!("int8 (tiny): max relative logit error {rel:.4}, top-1 agreement {agree:.3}");
+    assert!(rel < 0.03, "{rel}");
+    assert!(agree > 0.9, "{agree}");
+}
+
+#[test]
+fn generation_is_greedy_consistent_streams_and_stops() {
+    let cfg = micro();
+    let (model, _) = TardBot::new_random(&cfg, 6, DType::F64, &Device::Cpu).unwrap();
+    let prompt = [1u32, 5, 9, 3, 7];
+    let g = GenerateConfig {
+        max_new_tokens: 8,
+        stop_tokens: vec![],
+        sampling: SamplingParams {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 0,
+        },
+    };
+    let mut streamed = Vec::new();
+    let out = generate(&model, &prompt, &g, &mut |t| {
+        streamed.push(t);
+        true
+    })
+    .unwrap();
+    assert_eq!(out.tokens, streamed);
+    assert_eq!(out.stop, StopReason::MaxTokens);
+    assert_eq!(out.tokens.len(), 8);
+    // Greedy decoding equals argmax of full forwards over the growing sequence.
+    let mut seq = prompt.to_vec();
+    for &tok in &out.tokens {
+        let x = Tensor::new(seq.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let l = model.forward(&x, None).unwrap().logits;
+        let last = l
+            .narrow(1, seq.len() - 1, 1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .argmax(0)
+            .unwrap()
+            .to_scalar::<u32>()
+            .unwrap();
+        assert_eq!(last, tok);
+        seq.push(tok);
+    }
+    let stop = out.tokens[2];
+    let s = generate(
+        &model,
+        &prompt,
+        &GenerateConfig {
+            stop_tokens: vec![stop],
+            ..g.clone()
+        },
+        &mut |_| true,
+    )
+    .unwrap();
+    assert_eq!(s.stop, StopReason::StopToken);
+    assert_eq!(*s.tokens.last().unwrap(), stop);
+    assert!(s.tokens.len() <= 3);
+    let c = generate(&model, &prompt, &g, &mut |_| false).unwrap();
+    assert_eq!((c.stop, c.tokens.len()), (StopReason::Callback, 1));
+    // Seeded sampling is reproducible.
+    let sg = GenerateConfig {
+        sampling: SamplingParams {
+            temperature: 1.0,
+            top_k: 10,
+            top_p: 0.9,
+            seed: 42,
+        },
+        ..g
+    };
+    let a = generate(&model, &prompt, &sg, &mut |_| true)
+        .unwrap()
+        .tokens;
+    let b = generate(&model, &prompt, &sg, &mut |_| true)
+        .unwrap()
+        .tokens;
+    assert_eq!(a, b);
+}
+
+/// Writes a case for `tests/reference/check_reference.py` (PyTorch) into `$TARDBOT_REF_DIR`.
+#[test]
+#[ignore = "exports files for the PyTorch reference check; see tests/reference/check_reference.py"]
+fn reference_export() {
+    let dir = std::path::PathBuf::from(
+        std::env::var("TARDBOT_REF_DIR").unwrap_or_else(|_| "/tmp/tardbot-ref".into()),
+    );
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut cfg = ModelConfig::from_preset("tiny").unwrap();
+    cfg.window = 24;
+    cfg.window_stride = 8;
+    let dev = Device::Cpu;
+    let (model, vm) = TardBot::new_random(&cfg, 21, DType::F64, &dev).unwrap();
+    let (b, t) = (2, 40);
+    let x = ids(&cfg, b, t, 4);
+    let mut d = vec![0u32; b * t];
+    d[t + 17..].iter_mut().for_each(|v| *v = 1);
+    let docs = Tensor::from_vec(d, (b, t), &dev).unwrap();
+    let out = model.forward(&x, Some(&docs)).unwrap();
+    save_safetensors(&vm, &dir.join("model.safetensors")).unwrap();
+    let io: std::collections::HashMap<String, Tensor> = [
+        ("ids".to_string(), x),
+        ("docs".to_string(), docs),
+        ("logits".to_string(), out.logits.clone()),
+    ]
+    .into_iter()
+    .collect();
+    candle_core::safetensors::save(&io, dir.join("io.safetensors")).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&cfg).unwrap(),
+    )
+    .unwrap();
+    let outputs = serde_json::json!({
+        "aux_loss": out.aux_loss.to_scalar::<f64>().unwrap(),
+        "z_loss": out.z_loss.to_scalar::<f64>().unwrap(),
+        "expert_counts": out.expert_counts,
+    });
+    std::fs::write(dir.join("outputs.json"), outputs.to_string()).unwrap();
+    eprintln!("reference case written to {}", dir.display());
+}
+
+/// `cargo test --release -p tardbot-model -- --ignored --nocapture bench_generate_mac_nano`
+#[test]
+#[ignore = "benchmark: builds mac_nano (137M parameters) and times generation"]
+fn bench_generate_mac_nano() {
+    let v = bench_generate(&BenchGenerateOptions::default()).unwrap();
+    println!("{v}");
+}
+
+fn rss_kib(field: &str) -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    s.lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Measured peak RSS of one CPU training step (forward, backward, an AdamW-style update with two f32
+/// moments per parameter) against `describe()`'s prediction. Linux only (reads /proc/self/status); run
+/// alone so that no other test shares the process:
+/// `cargo test --release -p tardbot-model -- --ignored --exact --nocapture tests::training_memory_matches_describe`
+#[test]
+#[ignore = "measures process peak RSS: run alone (see doc comment)"]
+fn training_memory_matches_describe() {
+    let preset = std::env::var("TARDBOT_MEM_PRESET").unwrap_or_else(|_| "tiny".into());
+    let cfg = ModelConfig::from_preset(&preset).expect("TARDBOT_MEM_PRESET names a preset");
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (batch, seq) = (env("TARDBOT_MEM_BATCH", 8), env("TARDBOT_MEM_SEQ", 256));
+    let Some(base) = rss_kib("VmRSS:") else {
+        eprintln!("skipped: no /proc/self/status");
+        return;
+    };
+    let dev = Device::Cpu;
+    let (model, vm) = TardBot::new_random(&cfg, 0, DType::F32, &dev).unwrap();
+    let vars = named_vars(&vm);
+    let mut m: Vec<Tensor> = vars.iter().map(|(_, v)| v.zeros_like().unwrap()).collect();
+    let mut v2: Vec<Tensor> = vars.iter().map(|(_, v)| v.zeros_like().unwrap()).collect();
+    let x = ids(&cfg, batch, seq + 1, 1);
+    let (inp, tgt) = (
+        x.narrow(1, 0, seq).unwrap(),
+        x.narrow(1, 1, seq).unwrap().contiguous().unwrap(),
+    );
+    {
+        let out = model.forward(&inp, None).unwrap();
+        let loss = model.loss(&out, &tgt, None).unwrap().total;
+        let after_fwd = rss_kib("VmRSS:").unwrap_or(0);
+        eprintln!(
+            "after forward: {:.1} MiB above baseline",
+            (after_fwd.saturating_sub(base)) as f64 / 1024.0
+        );
+        let grads = loss.backward().unwrap();
+        drop(loss);
+        drop(out);
+        for (i, (_, var)) in vars.iter().enumerate() {
+            let g = grads.get(var.as_tensor()).unwrap();
+            m[i] = ((&m[i] * 0.9).unwrap() + (g * 0.1).unwrap()).unwrap();
+            v2[i] = ((&v2[i] * 0.999).unwrap() + (g.sqr().unwrap() * 0.001).unwrap()).unwrap();
+            let upd = (m[i].clone() / (v2[i].sqrt().unwrap() + 1e-8).unwrap()).unwrap();
+            var.set(&(var.as_tensor() - (upd * 1e-3).unwrap()).unwrap())
+                .unwrap();
+        }
+    }
+    let peak = rss_kib("VmHWM:").unwrap();
+    let measured = (peak - base) as f64 * 1024.0;
+    let predicted = cfg.memory(batch, seq, cfg.n_experts).total(false) as f64;
+    let ratio = measured / predicted;
+    eprintln!(
+        "{preset} {batch}x{seq}: measured peak {:.1} MiB above baseline, predicted {:.1} MiB, ratio {ratio:.3}",
+        measured / 1048576.0,
+        predicted / 1048576.0
+    );
+    assert!((ratio - 1.0).abs() < 0.15, "measured/predicted = {ratio}");
+}
+
+// The pipeline binary allocates with mimalloc; measure memory under the same allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// `cargo test --release -p tardbot-model -- --nocapture describe_every_preset` prints them all.
+#[test]
+fn describe_every_preset() {
+    for name in ModelConfig::preset_names() {
+        let cfg = ModelConfig::from_preset(name).unwrap();
+        let text = cfg.describe(4, 1024).to_string();
+        println!("== {name} (batch 4 x seq 1024)\n{text}\n");
+        assert!(text.contains("verdict: "), "{name}");
+    }
+}

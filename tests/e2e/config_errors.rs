@@ -30,7 +30,13 @@ struct Case {
 fn cases() -> Vec<Case> {
     let model = "[model]\npreset = \"tiny\"\n";
     vec![
-        Case { name: "unknown top-level key", text: base("colour = \"blue\"", model, ""), marker: "colour", field: "`colour`", message: "unknown field" },
+        Case {
+            name: "unknown top-level key",
+            text: base("colour = \"blue\"", model, ""),
+            marker: "colour",
+            field: "`colour`",
+            message: "unknown field",
+        },
         Case {
             name: "unknown key in a stage section",
             text: base("", model, &format!("{PRETRAIN}batchsize = 8\n")),
@@ -40,19 +46,33 @@ fn cases() -> Vec<Case> {
         },
         Case {
             name: "wrong type",
-            text: base("", model, &PRETRAIN.replace("batch_size = 4", "batch_size = \"eight\"")),
+            text: base(
+                "",
+                model,
+                &PRETRAIN.replace("batch_size = 4", "batch_size = \"eight\""),
+            ),
             marker: "eight",
             field: "`pretrain.batch_size`",
             message: "invalid type",
         },
         Case {
             name: "batch size 0",
-            text: base("", model, &PRETRAIN.replace("batch_size = 4", "batch_size = 0")),
+            text: base(
+                "",
+                model,
+                &PRETRAIN.replace("batch_size = 4", "batch_size = 0"),
+            ),
             marker: "batch_size = 0",
             field: "`pretrain.batch_size`",
             message: "must be at least 1",
         },
-        Case { name: "preset that does not exist", text: base("", "[model]\npreset = \"mac_giant\"\n", ""), marker: "mac_giant", field: "`model.preset`", message: "does not exist" },
+        Case {
+            name: "preset that does not exist",
+            text: base("", "[model]\npreset = \"mac_giant\"\n", ""),
+            marker: "mac_giant",
+            field: "`model.preset`",
+            message: "does not exist",
+        },
         Case {
             name: "missing input path",
             text: base("", model, "").replace("corpus.txt", "missing/corpus.txt"),
@@ -60,8 +80,20 @@ fn cases() -> Vec<Case> {
             field: "`ingest.sources.0.path`",
             message: "does not exist",
         },
-        Case { name: "TOML syntax error", text: base("seed2 = = 3", model, ""), marker: "seed2", field: "", message: "TOML syntax" },
-        Case { name: "unknown enum value", text: base("device = \"tpu\"", model, ""), marker: "tpu", field: "`device`", message: "unknown variant" },
+        Case {
+            name: "TOML syntax error",
+            text: base("seed2 = = 3", model, ""),
+            marker: "seed2",
+            field: "",
+            message: "TOML syntax",
+        },
+        Case {
+            name: "unknown enum value",
+            text: base("device = \"tpu\"", model, ""),
+            marker: "tpu",
+            field: "`device`",
+            message: "unknown variant",
+        },
         Case {
             name: "learning rate out of range",
             text: base("", model, &PRETRAIN.replace("lr = 0.001", "lr = -0.1")),
@@ -78,7 +110,11 @@ fn cases() -> Vec<Case> {
         },
         Case {
             name: "unknown model override",
-            text: base("", "[model]\npreset = \"tiny\"\n[model.overrides]\nhiden_size = 3\n", ""),
+            text: base(
+                "",
+                "[model]\npreset = \"tiny\"\n[model.overrides]\nhiden_size = 3\n",
+                "",
+            ),
             marker: "[model.overrides]",
             field: "`model.overrides`",
             message: "not a model setting",
@@ -87,8 +123,15 @@ fn cases() -> Vec<Case> {
 }
 
 fn run(dir: &Path, args: &[&str]) -> (i32, String) {
-    let out = Command::new(BIN).args(args).current_dir(dir).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -100,15 +143,36 @@ fn each_bad_config_gives_file_line_field_and_creates_no_run() {
         let line = line_of(&case.text, case.marker);
         for args in [&["validate"][..], &["run", "all"][..]] {
             let (code, stderr) = run(dir.path(), args);
-            assert_eq!(code, 2, "{}: {args:?} must exit 2; stderr: {stderr}", case.name);
+            assert_eq!(
+                code, 2,
+                "{}: {args:?} must exit 2; stderr: {stderr}",
+                case.name
+            );
             let at = format!("pipeline.toml:{line}:");
             let hit = stderr.lines().find(|l| l.contains(&at)).unwrap_or_else(|| {
-                panic!("{}: no problem reported at {at}\n{stderr}\n---\n{}", case.name, case.text)
+                panic!(
+                    "{}: no problem reported at {at}\n{stderr}\n---\n{}",
+                    case.name, case.text
+                )
             });
-            assert!(hit.contains(case.field), "{}: field {} not named in `{hit}`", case.name, case.field);
-            assert!(hit.contains(case.message), "{}: `{}` not in `{hit}`", case.name, case.message);
+            assert!(
+                hit.contains(case.field),
+                "{}: field {} not named in `{hit}`",
+                case.name,
+                case.field
+            );
+            assert!(
+                hit.contains(case.message),
+                "{}: `{}` not in `{hit}`",
+                case.name,
+                case.message
+            );
         }
-        assert!(!dir.path().join("work").exists(), "{}: a bad config must not create a workspace or run", case.name);
+        assert!(
+            !dir.path().join("work").exists(),
+            "{}: a bad config must not create a workspace or run",
+            case.name
+        );
     }
 }
 
@@ -124,7 +188,13 @@ fn every_problem_of_a_file_is_reported_at_once() {
     std::fs::write(dir.path().join("pipeline.toml"), &text).unwrap();
     let (code, stderr) = run(dir.path(), &["validate"]);
     assert_eq!(code, 2);
-    for field in ["`colour`", "`device`", "`model.preset`", "`pretrain.batch_size`", "`ingest.sources.0.path`"] {
+    for field in [
+        "`colour`",
+        "`device`",
+        "`model.preset`",
+        "`pretrain.batch_size`",
+        "`ingest.sources.0.path`",
+    ] {
         assert!(stderr.contains(field), "{field} missing from:\n{stderr}");
     }
 }
@@ -133,7 +203,19 @@ fn every_problem_of_a_file_is_reported_at_once() {
 fn a_valid_config_validates() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("corpus.txt"), "text\n").unwrap();
-    std::fs::write(dir.path().join("pipeline.toml"), base("", "[model]\npreset = \"tiny\"\n", PRETRAIN)).unwrap();
-    let out = Command::new(BIN).arg("validate").current_dir(dir.path()).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(
+        dir.path().join("pipeline.toml"),
+        base("", "[model]\npreset = \"tiny\"\n", PRETRAIN),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("validate")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -9,19 +9,41 @@ const ROWS: usize = 250;
 /// Child workload: one run + attempt, then interleaved metric batches and events.
 pub fn writer(args: &[String]) -> u8 {
     let path = std::path::PathBuf::from(&args[0]);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let result: Result<(), tardbot_ledger::LedgerError> = rt.block_on(async {
         let ledger = Ledger::open(&path).await?;
         let run = ledger
-            .create_run(NewRun { config_toml: "", config_hash: "", config_dir: ".", target_stages: &[] })
+            .create_run(NewRun {
+                config_toml: "",
+                config_hash: "",
+                config_dir: ".",
+                target_stages: &[],
+            })
             .await?;
-        let attempt = ledger.start_attempt(run.id, "w", "-", AttemptStatus::Running, None, None).await?;
+        let attempt = ledger
+            .start_attempt(run.id, "w", "-", AttemptStatus::Running, None, None)
+            .await?;
         for b in 0..BATCHES {
             let points: Vec<MetricPoint> = (0..ROWS)
-                .map(|i| MetricPoint { attempt_id: attempt.id, key: format!("k{}", i % 10), step: (b * ROWS + i) as i64, value: i as f64 })
+                .map(|i| MetricPoint {
+                    attempt_id: attempt.id,
+                    key: format!("k{}", i % 10),
+                    step: (b * ROWS + i) as i64,
+                    value: i as f64,
+                })
                 .collect();
             ledger.write_metrics(&points).await?;
-            ledger.event(Some(run.id), Some(attempt.id), "batch", &serde_json::json!({ "b": b })).await?;
+            ledger
+                .event(
+                    Some(run.id),
+                    Some(attempt.id),
+                    "batch",
+                    &serde_json::json!({ "b": b }),
+                )
+                .await?;
             ledger.heartbeat(run.id).await?;
         }
         ledger.close().await;

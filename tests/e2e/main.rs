@@ -8,5 +8,6 @@
 mod config_errors;
 mod ledger_concurrency;
 mod orchestrator;
+mod pipeline;
 mod support;
 mod test_stages;

@@ -6,18 +6,28 @@ use std::time::Duration;
 use tardbot_ledger::{AttemptStatus, RunStatus};
 
 fn slow_env(steps: u64, step_ms: u64) -> Vec<(&'static str, String)> {
-    vec![("SLOW_STEPS", steps.to_string()), ("SLOW_STEP_MS", step_ms.to_string()), ("SIDE_MS", "10".into())]
+    vec![
+        ("SLOW_STEPS", steps.to_string()),
+        ("SLOW_STEP_MS", step_ms.to_string()),
+        ("SIDE_MS", "10".into()),
+    ]
 }
 
 fn newest_slow_checkpoint(dir: &std::path::Path) -> i64 {
     with_ledger(dir, async |l| match l.run("run-1").await {
-        Ok(run) => l.checkpoints(run.id, "slow").await.unwrap().first().map_or(0, |c| c.step),
+        Ok(run) => l
+            .checkpoints(run.id, "slow")
+            .await
+            .unwrap()
+            .first()
+            .map_or(0, |c| c.step),
         Err(_) => 0,
     })
 }
 
 fn read_result(dir: &std::path::Path) -> (u64, u64) {
-    let text = std::fs::read_to_string(dir.join("work/runs/run-1/stages/slow/out/result.txt")).unwrap();
+    let text =
+        std::fs::read_to_string(dir.join("work/runs/run-1/stages/slow/out/result.txt")).unwrap();
     let (state, executed) = text.trim().split_once(' ').unwrap();
     (state.parse().unwrap(), executed.parse().unwrap())
 }
@@ -27,27 +37,51 @@ fn sigkill_mid_stage_then_resume_finishes_without_rerunning_finished_stages() {
     let dir = workspace_dir("");
     let env = slow_env(60, 40);
     let mut first = spawn_cli(dir.path(), &["run", "all"], &env);
-    wait_until(Duration::from_secs(60), "a checkpoint at step >= 10", || newest_slow_checkpoint(dir.path()) >= 10);
+    wait_until(
+        Duration::from_secs(60),
+        "a checkpoint at step >= 10",
+        || newest_slow_checkpoint(dir.path()) >= 10,
+    );
 
     // A second driver of the same run is refused while the first is alive.
     let second = cli(dir.path(), &["resume", "run-1"], &env);
-    assert_ne!(second.code, 0, "second driver must be refused: {}", second.stdout);
-    assert!(second.stderr.contains("already being driven"), "stderr: {}", second.stderr);
+    assert_ne!(
+        second.code, 0,
+        "second driver must be refused: {}",
+        second.stdout
+    );
+    assert!(
+        second.stderr.contains("already being driven"),
+        "stderr: {}",
+        second.stderr
+    );
 
     first.kill().unwrap(); // SIGKILL
     first.wait().unwrap();
     let killed_at = newest_slow_checkpoint(dir.path());
 
     let status = cli(dir.path(), &["status", "run-1"], &env);
-    assert!(status.stdout.contains("interrupted (process gone)"), "status: {}", status.stdout);
+    assert!(
+        status.stdout.contains("interrupted (process gone)"),
+        "status: {}",
+        status.stdout
+    );
 
     let resumed = cli(dir.path(), &["resume", "run-1"], &env);
-    assert_eq!(resumed.code, 0, "resume failed: {}\n{}", resumed.stdout, resumed.stderr);
+    assert_eq!(
+        resumed.code, 0,
+        "resume failed: {}\n{}",
+        resumed.stdout, resumed.stderr
+    );
 
     // The result equals an uninterrupted computation, and the resumed attempt did not start over.
     let (state, executed) = read_result(dir.path());
     assert_eq!(state, expected_state(7, 60));
-    assert_eq!(executed, 60 - killed_at as u64, "resumed attempt must start at the last checkpoint");
+    assert_eq!(
+        executed,
+        60 - killed_at as u64,
+        "resumed attempt must start at the last checkpoint"
+    );
 
     with_ledger(dir.path(), async |l| {
         assert_eq!(l.integrity_check().await.unwrap(), "ok");
@@ -73,16 +107,28 @@ fn ctrl_c_stops_at_a_safe_point_and_resume_completes() {
     let dir = workspace_dir("");
     let env = slow_env(40, 40);
     let child = spawn_cli(dir.path(), &["run", "all"], &env);
-    wait_until(Duration::from_secs(60), "a checkpoint", || newest_slow_checkpoint(dir.path()) >= 5);
+    wait_until(Duration::from_secs(60), "a checkpoint", || {
+        newest_slow_checkpoint(dir.path()) >= 5
+    });
     signal(&child, libc::SIGINT);
     let out = finish(child.wait_with_output().unwrap());
     assert_eq!(out.code, 130, "interrupted run exits 130: {}", out.stderr);
-    assert!(out.stdout.contains("resume run-1"), "tells how to continue: {}", out.stdout);
+    assert!(
+        out.stdout.contains("resume run-1"),
+        "tells how to continue: {}",
+        out.stdout
+    );
 
     let stopped_at = with_ledger(dir.path(), async |l| {
         let run = l.run("run-1").await.unwrap();
         assert_eq!(run.status, RunStatus::Interrupted);
-        let slow: Vec<_> = l.attempts(run.id).await.unwrap().into_iter().filter(|a| a.stage == "slow").collect();
+        let slow: Vec<_> = l
+            .attempts(run.id)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|a| a.stage == "slow")
+            .collect();
         assert_eq!(slow[0].status, AttemptStatus::Interrupted);
         // The safe point wrote a checkpoint at the exact step it stopped.
         l.checkpoints(run.id, "slow").await.unwrap()[0].step
@@ -104,16 +150,34 @@ fn second_run_with_unchanged_config_is_all_cached_and_fast() {
     assert_eq!(first.code, 0, "{}", first.stderr);
     let second = cli(dir.path(), &["run", "all"], &env);
     assert_eq!(second.code, 0, "{}", second.stderr);
-    let line = second.stdout.lines().find(|l| l.starts_with("run-2 succeeded in")).expect(&second.stdout);
-    let secs: f64 = line.trim_start_matches("run-2 succeeded in ").trim_end_matches('s').parse().unwrap();
-    assert!(secs < 1.0, "orchestration of an all-cached run took {secs}s");
-    assert!(second.stdout.contains("cached from run-1"), "{}", second.stdout);
+    let line = second
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("run-2 succeeded in"))
+        .expect(&second.stdout);
+    let secs: f64 = line
+        .trim_start_matches("run-2 succeeded in ")
+        .trim_end_matches('s')
+        .parse()
+        .unwrap();
+    assert!(
+        secs < 1.0,
+        "orchestration of an all-cached run took {secs}s"
+    );
+    assert!(
+        second.stdout.contains("cached from run-1"),
+        "{}",
+        second.stdout
+    );
 
     with_ledger(dir.path(), async |l| {
         let run = l.run("run-2").await.unwrap();
         let attempts = l.attempts(run.id).await.unwrap();
         assert_eq!(attempts.len(), 4);
-        assert!(attempts.iter().all(|a| a.status == AttemptStatus::Cached), "{attempts:?}");
+        assert!(
+            attempts.iter().all(|a| a.status == AttemptStatus::Cached),
+            "{attempts:?}"
+        );
         // Cached attempts expose the original artifacts, and lineage is recorded.
         let slow = attempts.iter().find(|a| a.stage == "slow").unwrap();
         assert_eq!(l.artifacts(slow.id).await.unwrap()[0].kind, "result");
@@ -125,7 +189,11 @@ fn second_run_with_unchanged_config_is_all_cached_and_fast() {
     with_ledger(dir.path(), async |l| {
         let run = l.run("run-3").await.unwrap();
         for a in l.attempts(run.id).await.unwrap() {
-            let want = if a.stage == "slow" { AttemptStatus::Succeeded } else { AttemptStatus::Cached };
+            let want = if a.stage == "slow" {
+                AttemptStatus::Succeeded
+            } else {
+                AttemptStatus::Cached
+            };
             assert_eq!(a.status, want, "{}", a.stage);
         }
     });
@@ -138,17 +206,33 @@ fn independent_stages_run_concurrently_and_run_stage_takes_only_its_upstream() {
     let out = cli(dir.path(), &["run", "beta", "gamma"], &env);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let span = |s: &str| -> (u128, u128) {
-        let t = std::fs::read_to_string(dir.path().join(format!("work/runs/run-1/stages/{s}/out/span.txt"))).unwrap();
+        let t = std::fs::read_to_string(
+            dir.path()
+                .join(format!("work/runs/run-1/stages/{s}/out/span.txt")),
+        )
+        .unwrap();
         let (a, b) = t.trim().split_once(' ').unwrap();
         (a.parse().unwrap(), b.parse().unwrap())
     };
     let (b0, b1) = span("beta");
     let (g0, g1) = span("gamma");
-    assert!(b0 < g1 && g0 < b1, "beta {b0}..{b1} and gamma {g0}..{g1} did not overlap");
+    assert!(
+        b0 < g1 && g0 < b1,
+        "beta {b0}..{b1} and gamma {g0}..{g1} did not overlap"
+    );
     with_ledger(dir.path(), async |l| {
         let run = l.run("run-1").await.unwrap();
-        let stages: Vec<String> = l.attempts(run.id).await.unwrap().into_iter().map(|a| a.stage).collect();
-        assert!(!stages.contains(&"slow".to_string()), "slow is not upstream of beta/gamma: {stages:?}");
+        let stages: Vec<String> = l
+            .attempts(run.id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|a| a.stage)
+            .collect();
+        assert!(
+            !stages.contains(&"slow".to_string()),
+            "slow is not upstream of beta/gamma: {stages:?}"
+        );
     });
 }
 
@@ -157,6 +241,12 @@ fn unknown_stage_is_refused_without_creating_a_run() {
     let dir = workspace_dir("");
     let out = cli(dir.path(), &["run", "nonesuch"], &[]);
     assert_ne!(out.code, 0);
-    assert!(out.stderr.contains("unknown stage `nonesuch`"), "{}", out.stderr);
-    with_ledger(dir.path(), async |l| assert!(l.runs().await.unwrap().is_empty()));
+    assert!(
+        out.stderr.contains("unknown stage `nonesuch`"),
+        "{}",
+        out.stderr
+    );
+    with_ledger(dir.path(), async |l| {
+        assert!(l.runs().await.unwrap().is_empty())
+    });
 }

@@ -14,9 +14,12 @@ pub const ARGS_ENV: &str = "TARDBOT_E2E_ARGS";
 #[test]
 #[ignore = "entry point of child processes, not a test"]
 fn child_process_entry() {
-    let Ok(mode) = std::env::var(CHILD_ENV) else { return };
-    let args: Vec<String> = serde_json::from_str(&std::env::var(ARGS_ENV).unwrap_or_else(|_| "[]".into()))
-        .expect("child args are JSON");
+    let Ok(mode) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let args: Vec<String> =
+        serde_json::from_str(&std::env::var(ARGS_ENV).unwrap_or_else(|_| "[]".into()))
+            .expect("child args are JSON");
     let code = match mode.as_str() {
         "cli" => {
             let mut argv = vec!["tardbot-pipeline".to_string()];
@@ -33,11 +36,17 @@ fn child_process_entry() {
 pub fn child(mode: &str, args: &[&str], envs: &[(&str, String)]) -> Command {
     let exe = std::env::current_exe().expect("test binary path");
     let mut cmd = Command::new(exe);
-    cmd.args(["--exact", "support::child_process_entry", "--ignored", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, mode)
-        .env(ARGS_ENV, serde_json::to_string(args).unwrap())
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null());
+    cmd.args([
+        "--exact",
+        "support::child_process_entry",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(CHILD_ENV, mode)
+    .env(ARGS_ENV, serde_json::to_string(args).unwrap())
+    .env("RUST_LOG", "info")
+    .stdin(Stdio::null());
     for (k, v) in envs {
         cmd.env(k, v);
     }
@@ -62,7 +71,10 @@ pub fn finish(out: Output) -> Finished {
 pub fn cli(dir: &Path, args: &[&str], envs: &[(&str, String)]) -> Finished {
     let mut full = vec!["--config", "pipeline.toml"];
     full.extend_from_slice(args);
-    let out = child("cli", &full, envs).current_dir(dir).output().expect("start child");
+    let out = child("cli", &full, envs)
+        .current_dir(dir)
+        .output()
+        .expect("start child");
     finish(out)
 }
 
@@ -112,7 +124,10 @@ pub fn ledger_path(dir: &Path) -> PathBuf {
 
 /// Runs an async ledger query on a private runtime.
 pub fn with_ledger<T>(dir: &Path, f: impl AsyncFnOnce(&Ledger) -> T) -> T {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let ledger = Ledger::open(&ledger_path(dir)).await.expect("open ledger");
         let out = f(&ledger).await;

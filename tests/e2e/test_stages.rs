@@ -4,19 +4,30 @@
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tardbot_core::stage::{Resources, Stage, StageContext, StageError, StageOutput};
 use tardbot_core::PipelineConfig;
+use tardbot_core::stage::{Resources, Stage, StageContext, StageError, StageOutput};
 
 pub fn registry() -> tardbot_pipeline::registry::Registry {
-    vec![Arc::new(Alpha), Arc::new(Slow), Arc::new(Side("beta")), Arc::new(Side("gamma"))]
+    vec![
+        Arc::new(Alpha),
+        Arc::new(Slow),
+        Arc::new(Side("beta")),
+        Arc::new(Side("gamma")),
+    ]
 }
 
 fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn now_ms() -> u128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
 }
 
 /// The slow stage's state after `step` steps: an independent reference for resume tests.
@@ -25,7 +36,9 @@ pub fn expected_state(seed: u64, steps: u64) -> u64 {
 }
 
 fn step_fn(state: u64, step: u64) -> u64 {
-    state.wrapping_mul(6364136223846793005).wrapping_add(step ^ 0x9e37_79b9)
+    state
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(step ^ 0x9e37_79b9)
 }
 
 struct Alpha;
@@ -43,7 +56,10 @@ impl Stage for Alpha {
         serde_json::json!({ "seed": c.seed })
     }
     fn run(&self, ctx: &StageContext) -> Result<StageOutput, StageError> {
-        std::fs::write(ctx.out_dir.join("alpha.txt"), format!("alpha {}", ctx.config.seed))?;
+        std::fs::write(
+            ctx.out_dir.join("alpha.txt"),
+            format!("alpha {}", ctx.config.seed),
+        )?;
         Ok(StageOutput::default().with("text", "alpha.txt"))
     }
 }
@@ -64,7 +80,10 @@ impl Stage for Slow {
         serde_json::json!({ "seed": c.seed, "steps": env_u64("SLOW_STEPS", 40) })
     }
     fn resources(&self, _: &PipelineConfig) -> Resources {
-        Resources { threads: 1, exclusive: false }
+        Resources {
+            threads: 1,
+            exclusive: false,
+        }
     }
     fn run(&self, ctx: &StageContext) -> Result<StageOutput, StageError> {
         let steps = env_u64("SLOW_STEPS", 40);
@@ -74,8 +93,14 @@ impl Stage for Slow {
         let (mut step, mut state) = match &ctx.resume {
             Some(c) => {
                 let saved = std::fs::read_to_string(Path::new(&c.path).join("state.txt"))?;
-                let (a, b) = saved.trim().split_once(' ').ok_or_else(|| StageError::failed("bad state"))?;
-                (a.parse().map_err(StageError::failed)?, b.parse().map_err(StageError::failed)?)
+                let (a, b) = saved
+                    .trim()
+                    .split_once(' ')
+                    .ok_or_else(|| StageError::failed("bad state"))?;
+                (
+                    a.parse().map_err(StageError::failed)?,
+                    b.parse().map_err(StageError::failed)?,
+                )
             }
             None => (0u64, ctx.config.seed),
         };
@@ -96,12 +121,18 @@ impl Stage for Slow {
             state = step_fn(state, step);
             step += 1;
             executed += 1;
-            ctx.log_metrics(step, &[("loss", (state % 1000) as f64 / 100.0), ("lr", 1e-3)]);
+            ctx.log_metrics(
+                step,
+                &[("loss", (state % 1000) as f64 / 100.0), ("lr", 1e-3)],
+            );
             if step % 5 == 0 {
                 checkpoint(step, state)?;
             }
         }
-        std::fs::write(ctx.out_dir.join("result.txt"), format!("{state} {executed}"))?;
+        std::fs::write(
+            ctx.out_dir.join("result.txt"),
+            format!("{state} {executed}"),
+        )?;
         Ok(StageOutput::default().with("result", "result.txt"))
     }
 }
@@ -124,7 +155,10 @@ impl Stage for Side {
     fn run(&self, ctx: &StageContext) -> Result<StageOutput, StageError> {
         let start = now_ms();
         std::thread::sleep(Duration::from_millis(env_u64("SIDE_MS", 400)));
-        std::fs::write(ctx.out_dir.join("span.txt"), format!("{start} {}", now_ms()))?;
+        std::fs::write(
+            ctx.out_dir.join("span.txt"),
+            format!("{start} {}", now_ms()),
+        )?;
         Ok(StageOutput::default().with("span", "span.txt"))
     }
 }

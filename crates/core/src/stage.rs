@@ -236,13 +236,22 @@ impl StageContext {
 
     /// Appends an event to the run's log.
     pub fn event(&self, kind: &str, payload: serde_json::Value) -> Result<(), LedgerError> {
-        self.runtime
-            .block_on(self.ledger.event(Some(self.run_id), Some(self.attempt_id), kind, &payload))
+        self.runtime.block_on(self.ledger.event(
+            Some(self.run_id),
+            Some(self.attempt_id),
+            kind,
+            &payload,
+        ))
     }
 
     /// Records a checkpoint whose files under `path` are complete: fsyncs and hashes them first.
     /// Metrics logged so far are flushed, so a resumed attempt never lacks a step's metrics.
-    pub fn record_checkpoint(&self, step: u64, tokens: u64, path: &Path) -> Result<Checkpoint, StageError> {
+    pub fn record_checkpoint(
+        &self,
+        step: u64,
+        tokens: u64,
+        path: &Path,
+    ) -> Result<Checkpoint, StageError> {
         hash::fsync_tree(path)?;
         let h = hash::hash_path(path)?;
         self.flush_metrics()?;
@@ -279,10 +288,13 @@ impl StageContext {
 
     /// A progress bar on stderr, hidden when stderr is not a terminal.
     pub fn progress(&self, len: u64, what: &str) -> indicatif::ProgressBar {
-        let bar = indicatif::ProgressBar::with_draw_target(Some(len), indicatif::ProgressDrawTarget::stderr());
-        if let Ok(style) =
-            indicatif::ProgressStyle::with_template("{prefix:>10} {bar:30} {pos}/{len} {msg} [{elapsed}<{eta}]")
-        {
+        let bar = indicatif::ProgressBar::with_draw_target(
+            Some(len),
+            indicatif::ProgressDrawTarget::stderr(),
+        );
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{prefix:>10} {bar:30} {pos}/{len} {msg} [{elapsed}<{eta}]",
+        ) {
             bar.set_style(style);
         }
         bar.set_prefix(self.stage);

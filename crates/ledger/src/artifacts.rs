@@ -72,15 +72,21 @@ impl Ledger {
     }
 
     /// Lineage: `attempt_id` consumed these artifacts.
-    pub async fn record_inputs(&self, attempt_id: i64, artifact_ids: &[i64]) -> Result<(), LedgerError> {
+    pub async fn record_inputs(
+        &self,
+        attempt_id: i64,
+        artifact_ids: &[i64],
+    ) -> Result<(), LedgerError> {
         let mut tx = self.write().await?;
         for id in artifact_ids {
-            sqlx::query("INSERT OR IGNORE INTO artifact_inputs (attempt_id, artifact_id) VALUES (?, ?)")
-                .bind(attempt_id)
-                .bind(id)
-                .execute(&mut *tx)
-                .await
-                .ctx("insert artifact input")?;
+            sqlx::query(
+                "INSERT OR IGNORE INTO artifact_inputs (attempt_id, artifact_id) VALUES (?, ?)",
+            )
+            .bind(attempt_id)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .ctx("insert artifact input")?;
         }
         tx.commit().await.ctx("commit inputs")
     }

@@ -16,7 +16,9 @@ fn attempt_from_row(r: &SqliteRow) -> Result<StageAttempt, sqlx::Error> {
         stage: r.try_get("stage")?,
         attempt: r.try_get("attempt")?,
         fingerprint: r.try_get("fingerprint")?,
-        status: status.parse().map_err(|e: String| sqlx::Error::Decode(e.into()))?,
+        status: status
+            .parse()
+            .map_err(|e: String| sqlx::Error::Decode(e.into()))?,
         started_ms: r.try_get("started_ms")?,
         ended_ms: r.try_get("ended_ms")?,
         heartbeat_ms: r.try_get("heartbeat_ms")?,
@@ -76,13 +78,17 @@ impl Ledger {
 
     /// Every attempt of a run, in order of creation.
     pub async fn attempts(&self, run_id: i64) -> Result<Vec<StageAttempt>, LedgerError> {
-        let sql = format!("SELECT {ATTEMPT_COLUMNS} FROM stage_attempts WHERE run_id = ? ORDER BY id");
+        let sql =
+            format!("SELECT {ATTEMPT_COLUMNS} FROM stage_attempts WHERE run_id = ? ORDER BY id");
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
             .bind(run_id)
             .fetch_all(&self.pool)
             .await
             .ctx("select attempts")?;
-        rows.iter().map(attempt_from_row).collect::<Result<_, _>>().ctx("decode attempts")
+        rows.iter()
+            .map(attempt_from_row)
+            .collect::<Result<_, _>>()
+            .ctx("decode attempts")
     }
 
     /// Ends an attempt with a final status (and the error text of a failure).
@@ -138,6 +144,8 @@ impl Ledger {
             .fetch_optional(&self.pool)
             .await
             .ctx("find cached attempt")?;
-        row.map(|r| attempt_from_row(&r)).transpose().ctx("decode attempt")
+        row.map(|r| attempt_from_row(&r))
+            .transpose()
+            .ctx("decode attempt")
     }
 }

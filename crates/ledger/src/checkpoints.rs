@@ -59,7 +59,11 @@ impl Ledger {
 
     /// Complete checkpoints of `stage` in `run_id` across all its attempts, newest first:
     /// the candidates a resumed attempt starts from.
-    pub async fn checkpoints(&self, run_id: i64, stage: &str) -> Result<Vec<Checkpoint>, LedgerError> {
+    pub async fn checkpoints(
+        &self,
+        run_id: i64,
+        stage: &str,
+    ) -> Result<Vec<Checkpoint>, LedgerError> {
         let rows = sqlx::query(
             "SELECT c.id, c.attempt_id, c.step, c.tokens, c.path, c.hash, c.bytes, c.complete
              FROM checkpoints c JOIN stage_attempts a ON a.id = c.attempt_id
@@ -71,6 +75,9 @@ impl Ledger {
         .fetch_all(&self.pool)
         .await
         .ctx("select checkpoints")?;
-        rows.iter().map(checkpoint_from_row).collect::<Result<_, _>>().ctx("decode checkpoints")
+        rows.iter()
+            .map(checkpoint_from_row)
+            .collect::<Result<_, _>>()
+            .ctx("decode checkpoints")
     }
 }

@@ -10,9 +10,15 @@ pub enum LedgerError {
     #[error("cannot open ledger {}: {source}", path.display())]
     Open { path: PathBuf, source: sqlx::Error },
     #[error("cannot migrate ledger {}: {source}", path.display())]
-    Migrate { path: PathBuf, source: sqlx::migrate::MigrateError },
+    Migrate {
+        path: PathBuf,
+        source: sqlx::migrate::MigrateError,
+    },
     #[error("ledger query failed ({what}): {source}")]
-    Query { what: &'static str, source: sqlx::Error },
+    Query {
+        what: &'static str,
+        source: sqlx::Error,
+    },
     #[error("{0}")]
     NotFound(String),
     #[error("metrics writer: {0}")]
@@ -86,7 +92,10 @@ impl Ledger {
     /// Starts a write transaction with `BEGIN IMMEDIATE`: the write lock is taken up front, so a
     /// concurrent writer waits on the busy timeout instead of failing on a lock upgrade.
     pub(crate) async fn write(&self) -> Result<Transaction<'static, Sqlite>, LedgerError> {
-        self.pool.begin_with("BEGIN IMMEDIATE").await.ctx("begin immediate")
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .ctx("begin immediate")
     }
 
     /// Runs `PRAGMA integrity_check` and returns its verdict (`"ok"` when healthy).

@@ -67,4 +67,29 @@ impl Ledger {
         .ctx("insert eval")?;
         tx.commit().await.ctx("commit eval")
     }
+
+    /// One eval metric of a stage in a run, over all its attempts, as (step, value) in step order.
+    pub async fn eval_series(
+        &self,
+        run_id: i64,
+        stage: &str,
+        suite: &str,
+        metric: &str,
+    ) -> Result<Vec<(i64, Option<f64>)>, LedgerError> {
+        let rows = sqlx::query(
+            "SELECT e.step, e.value FROM evals e JOIN stage_attempts a ON a.id = e.attempt_id
+             WHERE a.run_id = ? AND a.stage = ? AND e.suite = ? AND e.metric = ? ORDER BY e.step, e.id",
+        )
+        .bind(run_id)
+        .bind(stage)
+        .bind(suite)
+        .bind(metric)
+        .fetch_all(&self.pool)
+        .await
+        .ctx("select eval series")?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("step")?, r.try_get("value")?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .ctx("decode eval series")
+    }
 }

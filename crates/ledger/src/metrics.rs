@@ -21,7 +21,8 @@ const CHUNK: usize = 200;
 
 /// `INSERT … VALUES (?,?,?,?,?), … ON CONFLICT DO UPDATE` for `rows` rows.
 fn upsert_sql(rows: usize) -> String {
-    let mut sql = String::from("INSERT INTO metrics (attempt_id, key, step, value, time_ms) VALUES ");
+    let mut sql =
+        String::from("INSERT INTO metrics (attempt_id, key, step, value, time_ms) VALUES ");
     for i in 0..rows {
         if i > 0 {
             sql.push(',');
@@ -65,13 +66,19 @@ impl Ledger {
     }
 
     /// One metric of one attempt as (step, value) in step order.
-    pub async fn metric_series(&self, attempt_id: i64, key: &str) -> Result<Vec<(i64, Option<f64>)>, LedgerError> {
-        let rows = sqlx::query("SELECT step, value FROM metrics WHERE attempt_id = ? AND key = ? ORDER BY step")
-            .bind(attempt_id)
-            .bind(key)
-            .fetch_all(&self.pool)
-            .await
-            .ctx("select metric series")?;
+    pub async fn metric_series(
+        &self,
+        attempt_id: i64,
+        key: &str,
+    ) -> Result<Vec<(i64, Option<f64>)>, LedgerError> {
+        let rows = sqlx::query(
+            "SELECT step, value FROM metrics WHERE attempt_id = ? AND key = ? ORDER BY step",
+        )
+        .bind(attempt_id)
+        .bind(key)
+        .fetch_all(&self.pool)
+        .await
+        .ctx("select metric series")?;
         rows.iter()
             .map(|r| Ok((r.try_get("step")?, r.try_get("value")?)))
             .collect::<Result<_, sqlx::Error>>()
@@ -80,7 +87,10 @@ impl Ledger {
 
     /// Number of metric rows (all attempts).
     pub async fn metric_count(&self) -> Result<i64, LedgerError> {
-        sqlx::query_scalar("SELECT count(*) FROM metrics").fetch_one(&self.pool).await.ctx("count metrics")
+        sqlx::query_scalar("SELECT count(*) FROM metrics")
+            .fetch_one(&self.pool)
+            .await
+            .ctx("count metrics")
     }
 }
 

@@ -17,8 +17,11 @@ fn run_from_row(r: &SqliteRow) -> Result<Run, sqlx::Error> {
         config_toml: r.try_get("config_toml")?,
         config_hash: r.try_get("config_hash")?,
         config_dir: r.try_get("config_dir")?,
-        target_stages: serde_json::from_str(&targets).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
-        status: status.parse().map_err(|e: String| sqlx::Error::Decode(e.into()))?,
+        target_stages: serde_json::from_str(&targets)
+            .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+        status: status
+            .parse()
+            .map_err(|e: String| sqlx::Error::Decode(e.into()))?,
         created_ms: r.try_get("created_ms")?,
         started_ms: r.try_get("started_ms")?,
         ended_ms: r.try_get("ended_ms")?,
@@ -69,7 +72,8 @@ impl Ledger {
 
     /// Looks a run up by name (`run-7`) or id (`7`).
     pub async fn run(&self, name_or_id: &str) -> Result<Run, LedgerError> {
-        let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE name = ?1 OR CAST(id AS TEXT) = ?1");
+        let sql =
+            format!("SELECT {RUN_COLUMNS} FROM runs WHERE name = ?1 OR CAST(id AS TEXT) = ?1");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
             .bind(name_or_id)
             .fetch_optional(&self.pool)
@@ -91,7 +95,10 @@ impl Ledger {
             .fetch_all(&self.pool)
             .await
             .ctx("select runs")?;
-        rows.iter().map(run_from_row).collect::<Result<_, _>>().ctx("decode runs")
+        rows.iter()
+            .map(run_from_row)
+            .collect::<Result<_, _>>()
+            .ctx("decode runs")
     }
 
     /// Marks a run as driven by this process: status running, host, pid, heartbeat.
@@ -135,12 +142,14 @@ impl Ledger {
             .execute(&mut *tx)
             .await
             .ctx("heartbeat run")?;
-        sqlx::query("UPDATE stage_attempts SET heartbeat_ms = ? WHERE run_id = ? AND status = 'running'")
-            .bind(now)
-            .bind(run_id)
-            .execute(&mut *tx)
-            .await
-            .ctx("heartbeat attempts")?;
+        sqlx::query(
+            "UPDATE stage_attempts SET heartbeat_ms = ? WHERE run_id = ? AND status = 'running'",
+        )
+        .bind(now)
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await
+        .ctx("heartbeat attempts")?;
         tx.commit().await.ctx("commit heartbeat")
     }
 }

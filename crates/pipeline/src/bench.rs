@@ -30,7 +30,9 @@ pub async fn ledger(rows: usize) -> anyhow::Result<serde_json::Value> {
             target_stages: &["bench".to_string()],
         })
         .await?;
-    let attempt = ledger.start_attempt(run.id, "bench", "-", AttemptStatus::Running, None, None).await?;
+    let attempt = ledger
+        .start_attempt(run.id, "bench", "-", AttemptStatus::Running, None, None)
+        .await?;
     let keys: Vec<String> = (0..20).map(|i| format!("metric_{i:02}")).collect();
     let point = |step: usize, k: usize| MetricPoint {
         attempt_id: attempt.id,
@@ -71,16 +73,32 @@ pub async fn ledger(rows: usize) -> anyhow::Result<serde_json::Value> {
     writer.flush().await?;
     let total_s = t.elapsed().as_secs_f64();
     let count = ledger.metric_count().await?;
-    anyhow::ensure!(count as usize == rows + steps * 20, "lost rows: {count} in the ledger");
+    anyhow::ensure!(
+        count as usize == rows + steps * 20,
+        "lost rows: {count} in the ledger"
+    );
 
     let per_step_log_us = log_s / steps as f64 * 1e6;
     let per_step_total_us = total_s / steps as f64 * 1e6;
-    println!("ledger benchmark ({} rows, batches of {batch}, 20 metrics per step)", rows);
+    println!(
+        "ledger benchmark ({} rows, batches of {batch}, 20 metrics per step)",
+        rows
+    );
     println!("  batched insert        {:>12.0} rows/s", rows_per_s);
     println!("  batched upsert        {:>12.0} rows/s", upsert_rows_per_s);
-    println!("  log() per step        {:>12.2} us   (max {:.1} us)", per_step_log_us, log_ns_max as f64 / 1e3);
-    println!("  log+commit per step   {:>12.2} us   (amortised, incl. background writes)", per_step_total_us);
-    println!("  peak RSS              {:>12.1} MiB", peak_rss_mib().unwrap_or(f64::NAN));
+    println!(
+        "  log() per step        {:>12.2} us   (max {:.1} us)",
+        per_step_log_us,
+        log_ns_max as f64 / 1e3
+    );
+    println!(
+        "  log+commit per step   {:>12.2} us   (amortised, incl. background writes)",
+        per_step_total_us
+    );
+    println!(
+        "  peak RSS              {:>12.1} MiB",
+        peak_rss_mib().unwrap_or(f64::NAN)
+    );
     Ok(serde_json::json!({
         "bench": "ledger",
         "rows": rows,

@@ -12,7 +12,11 @@ use tardbot_core::{ModelConfig, PipelineConfig};
 use tardbot_ledger::{Ledger, RunStatus};
 
 #[derive(Parser, Debug)]
-#[command(name = "tardbot-pipeline", version, about = "Raw text to a small MoE chat model: run, resume and inspect the TardBot pipeline.")]
+#[command(
+    name = "tardbot-pipeline",
+    version,
+    about = "Raw text to a small MoE chat model: run, resume and inspect the TardBot pipeline."
+)]
 pub struct Cli {
     /// The pipeline file.
     #[arg(long, short, global = true, default_value = "pipeline.toml")]
@@ -90,7 +94,11 @@ where
         }
     };
     logging::init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -110,7 +118,10 @@ fn load_config(path: &Path) -> Result<(PipelineConfig, String), u8> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("error: cannot read pipeline file {}: {e} (pass another with --config FILE)", path.display());
+            eprintln!(
+                "error: cannot read pipeline file {}: {e} (pass another with --config FILE)",
+                path.display()
+            );
             return Err(2);
         }
     };
@@ -145,9 +156,15 @@ async fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<u8> {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
-            let ws = Workspace::new(cli.workspace.clone().unwrap_or_else(|| config.workspace_dir()));
+            let ws = Workspace::new(
+                cli.workspace
+                    .clone()
+                    .unwrap_or_else(|| config.workspace_dir()),
+            );
             let orch = Orchestrator::open(registry, ws).await?;
-            let outcome = orch.run(config, &text, &targets, &RunOptions { force }).await?;
+            let outcome = orch
+                .run(config, &text, &targets, &RunOptions { force })
+                .await?;
             print_outcome(&orch, &outcome).await?;
             Ok(exit_for(outcome.status))
         }
@@ -224,7 +241,9 @@ async fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<u8> {
         }
         Command::Bench { what } => {
             let figures = match what {
-                BenchWhat::Ledger { rows } => bench::ledger(rows).await.context("ledger benchmark")?,
+                BenchWhat::Ledger { rows } => {
+                    bench::ledger(rows).await.context("ledger benchmark")?
+                }
             };
             bench::emit(&figures);
             Ok(0)
@@ -232,8 +251,14 @@ async fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<u8> {
     }
 }
 
-async fn print_outcome(orch: &Orchestrator, outcome: &crate::orchestrator::RunOutcome) -> anyhow::Result<()> {
-    print!("{}", report::status(&orch.ledger, &orch.workspace, &outcome.run).await?);
+async fn print_outcome(
+    orch: &Orchestrator,
+    outcome: &crate::orchestrator::RunOutcome,
+) -> anyhow::Result<()> {
+    print!(
+        "{}",
+        report::status(&orch.ledger, &orch.workspace, &outcome.run).await?
+    );
     println!(
         "{} {} in {:.2}s{}",
         outcome.run.name,
@@ -241,7 +266,10 @@ async fn print_outcome(orch: &Orchestrator, outcome: &crate::orchestrator::RunOu
         outcome.elapsed.as_secs_f64(),
         match outcome.status {
             RunStatus::Succeeded => String::new(),
-            _ => format!(" — continue with: tardbot-pipeline resume {}", outcome.run.name),
+            _ => format!(
+                " — continue with: tardbot-pipeline resume {}",
+                outcome.run.name
+            ),
         }
     );
     Ok(())

@@ -13,7 +13,9 @@ pub enum DagError {
     UnknownStage { name: String, known: String },
     #[error("stage `{stage}` needs `{input}`, which is not a stage of this pipeline")]
     MissingInput { stage: String, input: String },
-    #[error("stage `{stage}` is needed by `{by}` but is disabled in the config (`[{stage}] enabled = false`)")]
+    #[error(
+        "stage `{stage}` is needed by `{by}` but is disabled in the config (`[{stage}] enabled = false`)"
+    )]
     Disabled { stage: String, by: String },
     #[error("the stage graph has a cycle through `{0}`")]
     Cycle(String),
@@ -37,11 +39,25 @@ impl Plan {
 }
 
 /// Builds the plan for `targets` (stage names; `all` = every enabled stage).
-pub fn plan(registry: &Registry, config: &PipelineConfig, targets: &[String]) -> Result<Plan, DagError> {
+pub fn plan(
+    registry: &Registry,
+    config: &PipelineConfig,
+    targets: &[String],
+) -> Result<Plan, DagError> {
     let by_name: HashMap<&str, &Arc<dyn Stage>> = registry.iter().map(|s| (s.name(), s)).collect();
-    let known = || registry.iter().map(|s| s.name()).collect::<Vec<_>>().join(", ");
+    let known = || {
+        registry
+            .iter()
+            .map(|s| s.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let roots: Vec<&str> = if targets.iter().any(|t| t == "all") {
-        registry.iter().filter(|s| s.enabled(config)).map(|s| s.name()).collect()
+        registry
+            .iter()
+            .filter(|s| s.enabled(config))
+            .map(|s| s.name())
+            .collect()
     } else {
         targets.iter().map(String::as_str).collect()
     };
@@ -96,7 +112,16 @@ pub fn plan(registry: &Registry, config: &PipelineConfig, targets: &[String]) ->
         Ok(())
     }
     for root in roots {
-        visit(root, "", &by_name, config, &known, &mut done, &mut visiting, &mut order)?;
+        visit(
+            root,
+            "",
+            &by_name,
+            config,
+            &known,
+            &mut done,
+            &mut visiting,
+            &mut order,
+        )?;
     }
     Ok(Plan { stages: order })
 }

@@ -10,10 +10,15 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
-    #[error("run {run} is already being driven by another process ({owner}); wait for it to finish, or stop it (Ctrl-C) before resuming")]
+    #[error(
+        "run {run} is already being driven by another process ({owner}); wait for it to finish, or stop it (Ctrl-C) before resuming"
+    )]
     Held { run: String, owner: String },
     #[error("cannot lock {}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Held while this process drives a run; dropping it releases the lock.
@@ -51,7 +56,11 @@ impl RunLock {
             Err(TryLockError::WouldBlock) => {
                 let mut owner = String::new();
                 let _ = file.read_to_string(&mut owner);
-                let owner = if owner.trim().is_empty() { "owner unknown".into() } else { owner.trim().to_string() };
+                let owner = if owner.trim().is_empty() {
+                    "owner unknown".into()
+                } else {
+                    owner.trim().to_string()
+                };
                 return Err(LockError::Held {
                     run: run.to_string(),
                     owner,

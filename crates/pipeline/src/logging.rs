@@ -48,7 +48,10 @@ pub fn init() {
         .json()
         .with_writer(RunLogWriter(slot))
         .with_filter(filter());
-    let _ = tracing_subscriber::registry().with(human).with(json).try_init();
+    let _ = tracing_subscriber::registry()
+        .with(human)
+        .with(json)
+        .try_init();
 }
 
 /// From now on, JSON log lines also go to `<run_dir>/log.jsonl` (appended across resumes).

@@ -17,12 +17,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tardbot_core::PipelineConfig;
 use tardbot_core::config::ConfigError;
 use tardbot_core::hash;
 use tardbot_core::stage::{CancelToken, Stage, StageContext, StageError, StageOutput};
-use tardbot_core::PipelineConfig;
 use tardbot_ledger::{
-    Artifact, AttemptStatus, Checkpoint, Ledger, LedgerError, MetricsWriter, NewArtifact, NewRun, Run, RunStatus,
+    Artifact, AttemptStatus, Checkpoint, Ledger, LedgerError, MetricsWriter, NewArtifact, NewRun,
+    Run, RunStatus,
 };
 use tokio::task::JoinSet;
 use tracing::{info, warn};
@@ -92,7 +93,10 @@ enum Slot {
 }
 
 impl Orchestrator {
-    pub async fn open(registry: Registry, workspace: Workspace) -> Result<Orchestrator, OrchestratorError> {
+    pub async fn open(
+        registry: Registry,
+        workspace: Workspace,
+    ) -> Result<Orchestrator, OrchestratorError> {
         let ledger = Ledger::open(&workspace.ledger_path()).await?;
         Ok(Orchestrator {
             registry,
@@ -111,7 +115,8 @@ impl Orchestrator {
     ) -> Result<RunOutcome, OrchestratorError> {
         // Plan before recording anything: a bad target never creates a run.
         let plan = dag::plan(&self.registry, &config, targets)?;
-        let base = std::path::absolute(&config.base_dir).unwrap_or_else(|_| config.base_dir.clone());
+        let base =
+            std::path::absolute(&config.base_dir).unwrap_or_else(|_| config.base_dir.clone());
         let run = self
             .ledger
             .create_run(NewRun {
@@ -126,10 +131,18 @@ impl Orchestrator {
     }
 
     /// `resume RUN`: continues a run with its recorded config; finished stages are not run again.
-    pub async fn resume(&self, name: &str, options: &RunOptions) -> Result<RunOutcome, OrchestratorError> {
+    pub async fn resume(
+        &self,
+        name: &str,
+        options: &RunOptions,
+    ) -> Result<RunOutcome, OrchestratorError> {
         let run = self.ledger.run(name).await?;
-        let label = PathBuf::from(format!("{} (recorded config of {})", run.config_dir, run.name));
-        let config = PipelineConfig::from_text(&run.config_toml, &label, Path::new(&run.config_dir))?;
+        let label = PathBuf::from(format!(
+            "{} (recorded config of {})",
+            run.config_dir, run.name
+        ));
+        let config =
+            PipelineConfig::from_text(&run.config_toml, &label, Path::new(&run.config_dir))?;
         let plan = dag::plan(&self.registry, &config, &run.target_stages)?;
         info!(run = %run.name, "resuming");
         self.drive(run, config, plan, options).await
@@ -153,16 +166,25 @@ impl Orchestrator {
         if orphans > 0 {
             info!(run = %run.name, attempts = orphans, "marked attempts of a killed process as interrupted");
         }
-        self.ledger.claim_run(run.id, &lock::hostname(), std::process::id()).await?;
         self.ledger
-            .event(Some(run.id), None, "run_started", &serde_json::json!({"pid": std::process::id(), "stages": plan.names()}))
+            .claim_run(run.id, &lock::hostname(), std::process::id())
+            .await?;
+        self.ledger
+            .event(
+                Some(run.id),
+                None,
+                "run_started",
+                &serde_json::json!({"pid": std::process::id(), "stages": plan.names()}),
+            )
             .await?;
 
         let cancel = CancelToken::default();
         let heartbeat = spawn_heartbeat(self.ledger.clone(), run.id);
         let signals = spawn_signal_handler(cancel.clone());
         let metrics = MetricsWriter::spawn(self.ledger.clone());
-        let result = self.schedule(&run, Arc::new(config), &plan, options, &cancel, &metrics).await;
+        let result = self
+            .schedule(&run, Arc::new(config), &plan, options, &cancel, &metrics)
+            .await;
         heartbeat.abort();
         signals.abort();
         let _ = metrics.flush().await;
@@ -177,7 +199,12 @@ impl Orchestrator {
         };
         self.ledger.finish_run(run.id, status).await?;
         self.ledger
-            .event(Some(run.id), None, "run_ended", &serde_json::json!({"status": status.as_str()}))
+            .event(
+                Some(run.id),
+                None,
+                "run_ended",
+                &serde_json::json!({"status": status.as_str()}),
+            )
             .await?;
         let run = self.ledger.run(&run.name).await?;
         Ok(RunOutcome {
@@ -198,7 +225,11 @@ impl Orchestrator {
         cancel: &CancelToken,
         metrics: &MetricsWriter,
     ) -> Result<Vec<(String, AttemptStatus)>, OrchestratorError> {
-        let mut slots: HashMap<&'static str, Slot> = plan.stages.iter().map(|s| (s.name(), Slot::Pending)).collect();
+        let mut slots: HashMap<&'static str, Slot> = plan
+            .stages
+            .iter()
+            .map(|s| (s.name(), Slot::Pending))
+            .collect();
         for a in self.ledger.attempts(run.id).await? {
             if a.status.is_done()
                 && let Some(stage) = plan.get(&a.stage)
@@ -224,21 +255,29 @@ impl Orchestrator {
                     if !matches!(slots.get(name), Some(Slot::Pending)) {
                         continue;
                     }
-                    let Some(inputs) = ready_inputs(stage.as_ref(), &slots) else { continue };
+                    let Some(inputs) = ready_inputs(stage.as_ref(), &slots) else {
+                        continue;
+                    };
                     let flat: Vec<Artifact> = inputs.values().flatten().cloned().collect();
                     let fingerprint = stage.fingerprint(&config, &flat);
                     if !options.forced(name)
-                        && let Some(artifacts) = self.try_cache(run, name, &fingerprint, &flat).await?
+                        && let Some(artifacts) =
+                            self.try_cache(run, name, &fingerprint, &flat).await?
                     {
                         slots.insert(name, Slot::Done(AttemptStatus::Cached, artifacts));
                         started_any = true;
                         continue;
                     }
                     let res = stage.resources(&config);
-                    let threads = if res.threads == 0 { budget } else { res.threads.min(budget) };
+                    let threads = if res.threads == 0 {
+                        budget
+                    } else {
+                        res.threads.min(budget)
+                    };
                     let fits = running.len() < max_parallel
                         && !exclusive_running
-                        && (running.is_empty() || (!res.exclusive && used_threads + threads <= budget));
+                        && (running.is_empty()
+                            || (!res.exclusive && used_threads + threads <= budget));
                     if !fits {
                         continue;
                     }
@@ -262,11 +301,16 @@ impl Orchestrator {
                     started_any = true;
                 }
             }
-            let Some(joined) = running.join_next().await else { break };
+            let Some(joined) = running.join_next().await else {
+                break;
+            };
             let finished = match joined {
                 Ok(r) => r?,
                 Err(e) => {
-                    return Err(OrchestratorError::Recorded(format!("scheduler task failed: {e}"), run.name.clone()));
+                    return Err(OrchestratorError::Recorded(
+                        format!("scheduler task failed: {e}"),
+                        run.name.clone(),
+                    ));
                 }
             };
             used_threads -= finished.threads;
@@ -315,16 +359,28 @@ impl Orchestrator {
         }
         let attempt = self
             .ledger
-            .start_attempt(run.id, stage, fingerprint, AttemptStatus::Cached, None, Some(previous.id))
+            .start_attempt(
+                run.id,
+                stage,
+                fingerprint,
+                AttemptStatus::Cached,
+                None,
+                Some(previous.id),
+            )
             .await?;
-        self.ledger.record_inputs(attempt.id, &inputs.iter().map(|a| a.id).collect::<Vec<_>>()).await?;
+        self.ledger
+            .record_inputs(attempt.id, &inputs.iter().map(|a| a.id).collect::<Vec<_>>())
+            .await?;
         info!(stage, from_attempt = previous.id, "cached");
         Ok(Some(artifacts))
     }
 }
 
 /// The artifacts of every input stage, once all of them are done.
-fn ready_inputs(stage: &dyn Stage, slots: &HashMap<&'static str, Slot>) -> Option<BTreeMap<String, Vec<Artifact>>> {
+fn ready_inputs(
+    stage: &dyn Stage,
+    slots: &HashMap<&'static str, Slot>,
+) -> Option<BTreeMap<String, Vec<Artifact>>> {
     let mut inputs = BTreeMap::new();
     for input in stage.inputs() {
         match slots.get(input) {
@@ -394,7 +450,12 @@ impl AttemptJob {
             source,
         })?;
         match &resume {
-            Some(c) => info!(stage = name, attempt = attempt.attempt, from_step = c.step, "started (resuming)"),
+            Some(c) => info!(
+                stage = name,
+                attempt = attempt.attempt,
+                from_step = c.step,
+                "started (resuming)"
+            ),
             None => info!(stage = name, attempt = attempt.attempt, "started"),
         }
 
@@ -421,9 +482,17 @@ impl AttemptJob {
         let elapsed = started.elapsed().as_secs_f64();
 
         let (status, artifacts) = match outcome {
-            Ok(Ok(output)) => match self.publish(attempt.id, &staging, &stage_dir, &output).await {
+            Ok(Ok(output)) => match self
+                .publish(attempt.id, &staging, &stage_dir, &output)
+                .await
+            {
                 Ok(artifacts) => {
-                    info!(stage = name, seconds = format!("{elapsed:.2}"), artifacts = artifacts.len(), "succeeded");
+                    info!(
+                        stage = name,
+                        seconds = format!("{elapsed:.2}"),
+                        artifacts = artifacts.len(),
+                        "succeeded"
+                    );
                     (AttemptStatus::Succeeded, artifacts)
                 }
                 Err(e) => {
@@ -433,9 +502,14 @@ impl AttemptJob {
                 }
             },
             Ok(Err(StageError::Interrupted(step))) => {
-                let msg = format!("interrupted by request{}", step.map(|s| format!(" at step {s}")).unwrap_or_default());
+                let msg = format!(
+                    "interrupted by request{}",
+                    step.map(|s| format!(" at step {s}")).unwrap_or_default()
+                );
                 warn!(stage = name, "{msg}");
-                self.ledger.finish_attempt(attempt.id, AttemptStatus::Interrupted, Some(&msg)).await?;
+                self.ledger
+                    .finish_attempt(attempt.id, AttemptStatus::Interrupted, Some(&msg))
+                    .await?;
                 (AttemptStatus::Interrupted, vec![])
             }
             Ok(Err(StageError::Failed(e))) => {
@@ -443,7 +517,8 @@ impl AttemptJob {
                 (AttemptStatus::Failed, vec![])
             }
             Err(join) => {
-                self.fail(attempt.id, &format!("stage panicked: {join}")).await?;
+                self.fail(attempt.id, &format!("stage panicked: {join}"))
+                    .await?;
                 (AttemptStatus::Failed, vec![])
             }
         };
@@ -458,14 +533,20 @@ impl AttemptJob {
 
     async fn fail(&self, attempt_id: i64, message: &str) -> Result<(), OrchestratorError> {
         tracing::error!(stage = self.stage.name(), "failed: {message}");
-        self.ledger.finish_attempt(attempt_id, AttemptStatus::Failed, Some(message)).await?;
+        self.ledger
+            .finish_attempt(attempt_id, AttemptStatus::Failed, Some(message))
+            .await?;
         Ok(())
     }
 
     /// The newest complete checkpoint of this stage in this run whose files still hash to the
     /// recorded value; a corrupt one is reported and skipped in favour of the previous.
     async fn resume_point(&self) -> Result<Option<Checkpoint>, OrchestratorError> {
-        for c in self.ledger.checkpoints(self.run.id, self.stage.name()).await? {
+        for c in self
+            .ledger
+            .checkpoints(self.run.id, self.stage.name())
+            .await?
+        {
             let path = PathBuf::from(&c.path);
             let verified = tokio::task::spawn_blocking(move || hash::hash_path(&path)).await;
             match verified {
@@ -503,32 +584,41 @@ impl AttemptJob {
         let (staging, stage_dir, rels) = (
             staging.to_path_buf(),
             stage_dir.to_path_buf(),
-            output.artifacts.iter().map(|a| a.rel_path.clone()).collect::<Vec<_>>(),
+            output
+                .artifacts
+                .iter()
+                .map(|a| a.rel_path.clone())
+                .collect::<Vec<_>>(),
         );
         let out2 = out.clone();
-        let hashes = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<(PathBuf, hash::ContentHash)>> {
-            hash::fsync_tree(&staging)?;
-            if out2.exists() {
-                // Left by a process killed between rename and ledger commit: never recorded.
-                std::fs::remove_dir_all(&out2)?;
-            }
-            std::fs::rename(&staging, &out2)?;
-            fsync_dir(&stage_dir)?;
-            rels.iter()
-                .map(|rel| {
-                    let p = out2.join(rel);
-                    if !p.exists() {
-                        return Err(std::io::Error::other(format!(
-                            "the stage listed artifact {} but did not write it",
-                            rel.display()
-                        )));
-                    }
-                    Ok((p.clone(), hash::hash_path(&p)?))
-                })
-                .collect()
-        })
+        let hashes = tokio::task::spawn_blocking(
+            move || -> std::io::Result<Vec<(PathBuf, hash::ContentHash)>> {
+                hash::fsync_tree(&staging)?;
+                if out2.exists() {
+                    // Left by a process killed between rename and ledger commit: never recorded.
+                    std::fs::remove_dir_all(&out2)?;
+                }
+                std::fs::rename(&staging, &out2)?;
+                fsync_dir(&stage_dir)?;
+                rels.iter()
+                    .map(|rel| {
+                        let p = out2.join(rel);
+                        if !p.exists() {
+                            return Err(std::io::Error::other(format!(
+                                "the stage listed artifact {} but did not write it",
+                                rel.display()
+                            )));
+                        }
+                        Ok((p.clone(), hash::hash_path(&p)?))
+                    })
+                    .collect()
+            },
+        )
         .await??;
-        let paths: Vec<String> = hashes.iter().map(|(p, _)| p.to_string_lossy().into_owned()).collect();
+        let paths: Vec<String> = hashes
+            .iter()
+            .map(|(p, _)| p.to_string_lossy().into_owned())
+            .collect();
         let new: Vec<NewArtifact<'_>> = output
             .artifacts
             .iter()
@@ -586,7 +676,8 @@ fn spawn_heartbeat(ledger: Ledger, run_id: i64) -> tokio::task::JoinHandle<()> {
 /// the attempt is marked interrupted by the next `resume`).
 fn spawn_signal_handler(cancel: CancelToken) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         wait_for_interrupt(&mut term).await;
         warn!("interrupt: stopping at the next safe point (interrupt again to abort now)");
         cancel.cancel();

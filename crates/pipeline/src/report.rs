@@ -42,7 +42,11 @@ fn attempt_note(a: &StageAttempt, ledger_attempt_run: &dyn Fn(i64) -> Option<Str
 }
 
 /// `status [RUN]`: the run, then one line per stage attempt.
-pub async fn status(ledger: &Ledger, workspace: &Workspace, run: &Run) -> Result<String, LedgerError> {
+pub async fn status(
+    ledger: &Ledger,
+    workspace: &Workspace,
+    run: &Run,
+) -> Result<String, LedgerError> {
     let attempts = ledger.attempts(run.id).await?;
     let mut out = String::new();
     let _ = writeln!(
@@ -50,17 +54,29 @@ pub async fn status(ledger: &Ledger, workspace: &Workspace, run: &Run) -> Result
         "{}  {}  started {}  {}",
         run.name,
         effective_status(run, workspace),
-        run.started_ms.map_or("-".into(), |t| format!("{}s ago", (now_ms() - t) / 1000)),
-        run.started_ms.map_or(String::new(), |s| format!("duration {}", duration(s, run.ended_ms.or(run.heartbeat_ms)))),
+        run.started_ms
+            .map_or("-".into(), |t| format!("{}s ago", (now_ms() - t) / 1000)),
+        run.started_ms.map_or(String::new(), |s| format!(
+            "duration {}",
+            duration(s, run.ended_ms.or(run.heartbeat_ms))
+        )),
     );
-    let _ = writeln!(out, "{:<10} {:>7}  {:<12} {:>9}  note", "stage", "attempt", "state", "duration");
+    let _ = writeln!(
+        out,
+        "{:<10} {:>7}  {:<12} {:>9}  note",
+        "stage", "attempt", "state", "duration"
+    );
     let mut origin = std::collections::HashMap::new();
     for a in &attempts {
         if let Some(src) = a.cached_from
             && !origin.contains_key(&src)
         {
             let run_name = match ledger.attempt(src).await {
-                Ok(att) => ledger.run(&att.run_id.to_string()).await.ok().map(|r| r.name),
+                Ok(att) => ledger
+                    .run(&att.run_id.to_string())
+                    .await
+                    .ok()
+                    .map(|r| r.name),
                 Err(_) => None,
             };
             origin.insert(src, run_name);
@@ -87,14 +103,19 @@ pub async fn status(ledger: &Ledger, workspace: &Workspace, run: &Run) -> Result
 /// `runs`: one line per run, newest first.
 pub async fn runs(ledger: &Ledger, workspace: &Workspace) -> Result<String, LedgerError> {
     let mut out = String::new();
-    let _ = writeln!(out, "{:<8} {:<28} {:>9}  {:<20} targets", "run", "status", "duration", "created (unix s)");
+    let _ = writeln!(
+        out,
+        "{:<8} {:<28} {:>9}  {:<20} targets",
+        "run", "status", "duration", "created (unix s)"
+    );
     for r in ledger.runs().await? {
         let _ = writeln!(
             out,
             "{:<8} {:<28} {:>9}  {:<20} {}",
             r.name,
             effective_status(&r, workspace),
-            r.started_ms.map_or("-".into(), |s| duration(s, r.ended_ms.or(r.heartbeat_ms))),
+            r.started_ms
+                .map_or("-".into(), |s| duration(s, r.ended_ms.or(r.heartbeat_ms))),
             r.created_ms / 1000,
             r.target_stages.join(",")
         );

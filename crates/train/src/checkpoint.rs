@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     #[error("checkpoint {}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("writing checkpoint {}: {message}", path.display())]
     Write { path: PathBuf, message: String },
 }
@@ -58,7 +61,9 @@ pub fn write_atomic<E: std::fmt::Display>(
         std::fs::remove_dir_all(&fin).map_err(io(&fin))?;
     }
     std::fs::rename(&tmp, &fin).map_err(io(&fin))?;
-    std::fs::File::open(work_dir).and_then(|d| d.sync_all()).map_err(io(work_dir))?;
+    std::fs::File::open(work_dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(work_dir))?;
     Ok(CheckpointDir { step, path: fin })
 }
 
@@ -73,8 +78,14 @@ pub fn list(work_dir: &Path) -> Result<Vec<CheckpointDir>, CheckpointError> {
     for e in entries {
         let e = e.map_err(io(work_dir))?;
         let name = e.file_name().to_string_lossy().into_owned();
-        if let Some(step) = name.strip_prefix("ckpt-").and_then(|s| s.parse::<u64>().ok()) {
-            out.push(CheckpointDir { step, path: e.path() });
+        if let Some(step) = name
+            .strip_prefix("ckpt-")
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            out.push(CheckpointDir {
+                step,
+                path: e.path(),
+            });
         }
     }
     out.sort_by_key(|c| c.step);
@@ -83,7 +94,11 @@ pub fn list(work_dir: &Path) -> Result<Vec<CheckpointDir>, CheckpointError> {
 
 /// Keeps the newest `keep_last` checkpoints plus those in `also_keep` (e.g. the best), removes the
 /// rest and any leftover `.tmp` directories. Returns what was removed.
-pub fn prune(work_dir: &Path, keep_last: usize, also_keep: &[u64]) -> Result<Vec<PathBuf>, CheckpointError> {
+pub fn prune(
+    work_dir: &Path,
+    keep_last: usize,
+    also_keep: &[u64],
+) -> Result<Vec<PathBuf>, CheckpointError> {
     let all = list(work_dir)?;
     let cut = all.len().saturating_sub(keep_last.max(1));
     let mut removed = Vec::new();
@@ -111,7 +126,10 @@ mod tests {
     fn atomic_write_list_and_retention() {
         let dir = tempfile::tempdir().unwrap();
         for step in [10, 20, 30, 40] {
-            write_atomic(dir.path(), step, |tmp| std::fs::write(tmp.join("w.bin"), step.to_le_bytes())).unwrap();
+            write_atomic(dir.path(), step, |tmp| {
+                std::fs::write(tmp.join("w.bin"), step.to_le_bytes())
+            })
+            .unwrap();
         }
         // A writer that fails leaves no complete checkpoint behind.
         let err = write_atomic(dir.path(), 50, |_| Err("disk full")).unwrap_err();
@@ -123,6 +141,9 @@ mod tests {
         assert_eq!(removed.len(), 2, "ckpt 20 and the failed .tmp: {removed:?}");
         let steps: Vec<u64> = list(dir.path()).unwrap().iter().map(|c| c.step).collect();
         assert_eq!(steps, [10, 30, 40]);
-        assert_eq!(std::fs::read(dir.path().join("ckpt-00000040/w.bin")).unwrap(), 40u64.to_le_bytes());
+        assert_eq!(
+            std::fs::read(dir.path().join("ckpt-00000040/w.bin")).unwrap(),
+            40u64.to_le_bytes()
+        );
     }
 }

@@ -7,13 +7,20 @@
 //! - [`checkpoint`]: checkpoint directories written atomically (temp dir, fsync, rename) with a
 //!   retention policy.
 //!
-//! What it does not do (yet): the training step itself (gradient accumulation, segmented backward),
-//! the expert store, and stage wiring — those arrive with the training-engine and expert-store issues.
+//! - [`trainer`]: one optimizer step over micro-batches (gradient accumulation, NaN/Inf rejection,
+//!   clipping), evaluation loss, and exact save/restore of weights + optimizer + step + the stage's
+//!   own state (its data-loader cursor).
+//!
+//! What it does not do (yet): segmented backward (activation checkpointing), mixed precision and the
+//! expert store — those arrive with the training-engine and expert-store issues. Data loading belongs
+//! to the stages.
 
 pub mod checkpoint;
 pub mod optim;
 pub mod schedule;
+pub mod trainer;
 
 pub use checkpoint::{CheckpointDir, CheckpointError};
 pub use optim::{AdamW, AdamWConfig, OptimError};
 pub use schedule::LrSchedule;
+pub use trainer::{StepReport, TokenBatch, TrainError, Trainer};

@@ -61,14 +61,22 @@ pub struct AdamW {
 impl AdamW {
     /// `decay(name)` says which parameters get weight decay (by convention not norms, biases or
     /// embeddings).
-    pub fn new(vars: Vec<(String, Var)>, config: AdamWConfig, decay: impl Fn(&str) -> bool) -> Result<Self> {
+    pub fn new(
+        vars: Vec<(String, Var)>,
+        config: AdamWConfig,
+        decay: impl Fn(&str) -> bool,
+    ) -> Result<Self> {
         let params = vars
             .into_iter()
             .map(|(name, var)| {
                 if var.dtype() != DType::F32 || !var.device().is_cpu() {
                     return Err(OptimError::Param {
                         name,
-                        what: format!("needs f32 on cpu, found {:?} on {:?}", var.dtype(), var.device()),
+                        what: format!(
+                            "needs f32 on cpu, found {:?} on {:?}",
+                            var.dtype(),
+                            var.device()
+                        ),
                     });
                 }
                 let n = var.elem_count();
@@ -81,7 +89,11 @@ impl AdamW {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(AdamW { params, config, t: 0 })
+        Ok(AdamW {
+            params,
+            config,
+            t: 0,
+        })
     }
 
     /// Updates applied so far.
@@ -105,17 +117,27 @@ impl AdamW {
     /// norm is at most `clip`. Returns the norm before clipping.
     pub fn step(&mut self, grads: &GradStore, lr: f64, clip: f64) -> Result<f64> {
         let norm = self.grad_norm(grads)?;
-        let scale = if clip > 0.0 && norm > clip { clip / norm } else { 1.0 };
+        let scale = if clip > 0.0 && norm > clip {
+            clip / norm
+        } else {
+            1.0
+        };
         self.t += 1;
         let c = self.config;
         for p in &mut self.params {
-            let Some(g) = grads.get(p.var.as_tensor()) else { continue };
+            let Some(g) = grads.get(p.var.as_tensor()) else {
+                continue;
+            };
             let g = g.contiguous()?;
             let op = AdamWUpdate {
                 m: RefCell::new(&mut p.m),
                 v: RefCell::new(&mut p.v),
                 lr: lr as f32,
-                decay: if p.decay { (lr * c.weight_decay) as f32 } else { 0.0 },
+                decay: if p.decay {
+                    (lr * c.weight_decay) as f32
+                } else {
+                    0.0
+                },
                 beta1: c.beta1 as f32,
                 beta2: c.beta2 as f32,
                 eps: c.eps as f32,
@@ -123,10 +145,13 @@ impl AdamW {
                 bias2_sqrt: (1.0 - c.beta2.powi(self.t as i32)).sqrt() as f32,
                 grad_scale: scale as f32,
             };
-            p.var.as_tensor().inplace_op2(&g, &op).map_err(|e| OptimError::Param {
-                name: p.name.clone(),
-                what: e.to_string(),
-            })?;
+            p.var
+                .as_tensor()
+                .inplace_op2(&g, &op)
+                .map_err(|e| OptimError::Param {
+                    name: p.name.clone(),
+                    what: e.to_string(),
+                })?;
         }
         Ok(norm)
     }
@@ -140,8 +165,19 @@ impl AdamW {
         let bytes: Vec<(String, Vec<u8>, usize)> = self
             .params
             .iter()
-            .flat_map(|p| [(format!("m.{}", p.name), &p.m), (format!("v.{}", p.name), &p.v)])
-            .map(|(k, data)| (k, data.iter().flat_map(|x| x.to_le_bytes()).collect(), data.len()))
+            .flat_map(|p| {
+                [
+                    (format!("m.{}", p.name), &p.m),
+                    (format!("v.{}", p.name), &p.v),
+                ]
+            })
+            .map(|(k, data)| {
+                (
+                    k,
+                    data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                    data.len(),
+                )
+            })
             .collect();
         let views = bytes
             .iter()
@@ -152,7 +188,8 @@ impl AdamW {
             })
             .collect::<Result<Vec<_>>>()?;
         let meta = HashMap::from([("t".to_string(), self.t.to_string())]);
-        safetensors::serialize_to_file(views, Some(meta), path).map_err(|e| state_err(e.to_string()))
+        safetensors::serialize_to_file(views, Some(meta), path)
+            .map_err(|e| state_err(e.to_string()))
     }
 
     /// Restores moments and step count saved by [`AdamW::save`] for the same parameters.
@@ -162,20 +199,26 @@ impl AdamW {
             what,
         };
         let data = std::fs::read(path).map_err(|e| state_err(e.to_string()))?;
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&data).map_err(|e| state_err(e.to_string()))?;
+        let (_, meta) =
+            safetensors::SafeTensors::read_metadata(&data).map_err(|e| state_err(e.to_string()))?;
         let t = meta
             .metadata()
             .as_ref()
             .and_then(|m| m.get("t"))
             .and_then(|t| t.parse().ok())
             .ok_or_else(|| state_err("no step count `t` in the metadata".into()))?;
-        let st = safetensors::SafeTensors::deserialize(&data).map_err(|e| state_err(e.to_string()))?;
+        let st =
+            safetensors::SafeTensors::deserialize(&data).map_err(|e| state_err(e.to_string()))?;
         for p in &mut self.params {
             for (prefix, dst) in [("m", &mut p.m), ("v", &mut p.v)] {
                 let key = format!("{prefix}.{}", p.name);
-                let view = st.tensor(&key).map_err(|_| state_err(format!("missing tensor `{key}`")))?;
+                let view = st
+                    .tensor(&key)
+                    .map_err(|_| state_err(format!("missing tensor `{key}`")))?;
                 if view.dtype() != safetensors::Dtype::F32 || view.data().len() != dst.len() * 4 {
-                    return Err(state_err(format!("`{key}` has the wrong type or size for this model")));
+                    return Err(state_err(format!(
+                        "`{key}` has the wrong type or size for this model"
+                    )));
                 }
                 for (d, chunk) in dst.iter_mut().zip(view.data().chunks_exact(4)) {
                     *d = f32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
@@ -206,11 +249,18 @@ impl InplaceOp2 for AdamWUpdate<'_> {
         "adamw-update"
     }
 
-    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<()> {
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<()> {
         let (CpuStorage::F32(param), CpuStorage::F32(grad)) = (s1, s2) else {
             candle_core::bail!("adamw-update needs f32 parameter and gradient")
         };
-        let (Some((p0, p1)), Some((g0, g1))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
+        let (Some((p0, p1)), Some((g0, g1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
             candle_core::bail!("adamw-update needs contiguous tensors")
         };
         let (param, grad) = (&mut param[p0..p1], &grad[g0..g1]);
@@ -220,7 +270,12 @@ impl InplaceOp2 for AdamWUpdate<'_> {
             candle_core::bail!("adamw-update: parameter, gradient and moments differ in size")
         }
         let step = self.lr / self.bias1;
-        for (((p, &g), m), v) in param.iter_mut().zip(grad).zip(m.iter_mut()).zip(v.iter_mut()) {
+        for (((p, &g), m), v) in param
+            .iter_mut()
+            .zip(grad)
+            .zip(m.iter_mut())
+            .zip(v.iter_mut())
+        {
             let g = g * self.grad_scale;
             *m = self.beta1 * *m + (1.0 - self.beta1) * g;
             *v = self.beta2 * *v + (1.0 - self.beta2) * g * g;
@@ -257,13 +312,25 @@ mod tests {
 
     fn vars() -> Vec<(String, Var)> {
         vec![
-            ("w".to_string(), Var::from_vec(vec![0.5f32, -1.0, 2.0, 0.25], (2, 2), &Device::Cpu).unwrap()),
-            ("norm.weight".to_string(), Var::from_vec(vec![1.0f32, 1.0], 2, &Device::Cpu).unwrap()),
+            (
+                "w".to_string(),
+                Var::from_vec(vec![0.5f32, -1.0, 2.0, 0.25], (2, 2), &Device::Cpu).unwrap(),
+            ),
+            (
+                "norm.weight".to_string(),
+                Var::from_vec(vec![1.0f32, 1.0], 2, &Device::Cpu).unwrap(),
+            ),
         ]
     }
 
     /// Scalar f64 reference of the same update rule.
-    fn reference(p0: &[f64], grads: &[Vec<f64>], lr: &[f64], wd: f64, clip_scale: &[f64]) -> Vec<f64> {
+    fn reference(
+        p0: &[f64],
+        grads: &[Vec<f64>],
+        lr: &[f64],
+        wd: f64,
+        clip_scale: &[f64],
+    ) -> Vec<f64> {
         let (b1, b2, eps) = (0.9f64, 0.95f64, 1e-8f64);
         let mut p = p0.to_vec();
         let mut m = vec![0.0; p.len()];
@@ -298,13 +365,21 @@ mod tests {
         for (g, lr) in g_steps.iter().zip(lrs) {
             let grads = grads_for(&vars, g);
             let norm = opt.step(&grads, lr, clip).unwrap();
-            let expect: f64 = g.iter().flatten().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+            let expect: f64 = g
+                .iter()
+                .flatten()
+                .map(|&x| (x as f64).powi(2))
+                .sum::<f64>()
+                .sqrt();
             assert!((norm - expect).abs() < 1e-6);
             scales.push(if norm > clip { clip / norm } else { 1.0 });
         }
         assert!(scales[1] < 1.0, "the second step is clipped");
         let to64 = |i: usize| -> Vec<Vec<f64>> {
-            g_steps.iter().map(|s| s[i].iter().map(|&x| x as f64).collect()).collect()
+            g_steps
+                .iter()
+                .map(|s| s[i].iter().map(|&x| x as f64).collect())
+                .collect()
         };
         let w = reference(&[0.5, -1.0, 2.0, 0.25], &to64(0), &lrs, 0.1, &scales);
         let n = reference(&[1.0, 1.0], &to64(1), &lrs, 0.0, &scales);
@@ -330,7 +405,12 @@ mod tests {
         // A fresh optimizer over a copy of the weights, restored from disk.
         let b_vars: Vec<(String, Var)> = a_vars
             .iter()
-            .map(|(n, v)| (n.clone(), Var::from_tensor(&v.as_tensor().copy().unwrap()).unwrap()))
+            .map(|(n, v)| {
+                (
+                    n.clone(),
+                    Var::from_tensor(&v.as_tensor().copy().unwrap()).unwrap(),
+                )
+            })
             .collect();
         let mut b = AdamW::new(b_vars.clone(), AdamWConfig::default(), default_decay).unwrap();
         b.load(&dir.path().join("optim.safetensors")).unwrap();
@@ -340,7 +420,10 @@ mod tests {
         for ((_, va), (_, vb)) in a_vars.iter().zip(&b_vars) {
             let x = va.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let y = vb.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            assert_eq!(x.iter().map(|f| f.to_bits()).collect::<Vec<_>>(), y.iter().map(|f| f.to_bits()).collect::<Vec<_>>());
+            assert_eq!(
+                x.iter().map(|f| f.to_bits()).collect::<Vec<_>>(),
+                y.iter().map(|f| f.to_bits()).collect::<Vec<_>>()
+            );
         }
     }
 
@@ -348,9 +431,18 @@ mod tests {
     fn state_of_another_model_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("optim.safetensors");
-        AdamW::new(vars(), AdamWConfig::default(), default_decay).unwrap().save(&path).unwrap();
-        let other = vec![("w".to_string(), Var::from_vec(vec![0f32; 6], (2, 3), &Device::Cpu).unwrap())];
-        let err = AdamW::new(other, AdamWConfig::default(), default_decay).unwrap().load(&path).unwrap_err();
+        AdamW::new(vars(), AdamWConfig::default(), default_decay)
+            .unwrap()
+            .save(&path)
+            .unwrap();
+        let other = vec![(
+            "w".to_string(),
+            Var::from_vec(vec![0f32; 6], (2, 3), &Device::Cpu).unwrap(),
+        )];
+        let err = AdamW::new(other, AdamWConfig::default(), default_decay)
+            .unwrap()
+            .load(&path)
+            .unwrap_err();
         assert!(err.to_string().contains("wrong type or size"), "{err}");
     }
 }

@@ -36,7 +36,8 @@ impl LrSchedule {
         let progress = ((step - self.warmup) as f64 / span).clamp(0.0, 1.0);
         match self.kind {
             Schedule::Cosine => {
-                self.min + (self.peak - self.min) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+                self.min
+                    + (self.peak - self.min) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
             }
             Schedule::Wsd => {
                 let decay_start = 1.0 - WSD_DECAY_FRACTION;

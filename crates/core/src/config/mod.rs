@@ -118,7 +118,13 @@ impl PipelineConfig {
         })?;
         let base_dir = path
             .parent()
-            .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    p
+                }
+            })
             .unwrap_or(Path::new("."))
             .to_path_buf();
         Self::from_text(&text, path, &base_dir)
@@ -126,7 +132,11 @@ impl PipelineConfig {
 
     /// Parses and validates config text (e.g. the text recorded in the ledger for a run).
     /// `path` is used in messages; `base_dir` resolves relative paths.
-    pub fn from_text(text: &str, path: &Path, base_dir: &Path) -> Result<PipelineConfig, ConfigError> {
+    pub fn from_text(
+        text: &str,
+        path: &Path,
+        base_dir: &Path,
+    ) -> Result<PipelineConfig, ConfigError> {
         validate::parse_and_validate(text, path, base_dir)
     }
 
@@ -166,7 +176,10 @@ impl PipelineConfig {
             p.push("model.overrides", e);
         }
         if self.resources.max_parallel_stages == 0 {
-            p.push("resources.max_parallel_stages", "must be at least 1".to_string());
+            p.push(
+                "resources.max_parallel_stages",
+                "must be at least 1".to_string(),
+            );
         }
         self.ingest.check(self, p);
         self.tokenizer.check(p);

@@ -115,7 +115,10 @@ impl TrainConfig {
         }
         let mut need_positive = |field: &str, v: u64| {
             if v == 0 {
-                p.push(&format!("{section}.{field}"), "must be at least 1".to_string());
+                p.push(
+                    &format!("{section}.{field}"),
+                    "must be at least 1".to_string(),
+                );
             }
         };
         need_positive("steps", self.steps);
@@ -125,22 +128,37 @@ impl TrainConfig {
         need_positive("checkpoint_every", self.checkpoint_every as u64);
         need_positive("eval_every", self.eval_every);
         if !(self.lr.is_finite() && self.lr > 0.0 && self.lr < 1.0) {
-            p.push(&format!("{section}.lr"), format!("{} is not a learning rate in (0, 1)", self.lr));
+            p.push(
+                &format!("{section}.lr"),
+                format!("{} is not a learning rate in (0, 1)", self.lr),
+            );
         }
         if !(0.0..=1.0).contains(&self.min_lr_ratio) {
-            p.push(&format!("{section}.min_lr_ratio"), "must be within [0, 1]".to_string());
+            p.push(
+                &format!("{section}.min_lr_ratio"),
+                "must be within [0, 1]".to_string(),
+            );
         }
         if self.warmup_steps > self.steps {
             p.push(
                 &format!("{section}.warmup_steps"),
-                format!("{} warmup steps exceed the {} steps of the stage", self.warmup_steps, self.steps),
+                format!(
+                    "{} warmup steps exceed the {} steps of the stage",
+                    self.warmup_steps, self.steps
+                ),
             );
         }
         if !(self.grad_clip >= 0.0) {
-            p.push(&format!("{section}.grad_clip"), "must be >= 0 (0 disables clipping)".to_string());
+            p.push(
+                &format!("{section}.grad_clip"),
+                "must be >= 0 (0 disables clipping)".to_string(),
+            );
         }
         if !(self.weight_decay >= 0.0) {
-            p.push(&format!("{section}.weight_decay"), "must be >= 0".to_string());
+            p.push(
+                &format!("{section}.weight_decay"),
+                "must be >= 0".to_string(),
+            );
         }
     }
 }

@@ -41,13 +41,23 @@ impl fmt::Display for ConfigProblem {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {}: {source}", path.display())]
-    Unreadable { path: PathBuf, source: std::io::Error },
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{} has {} problem(s):\n{}", path.display(), problems.len(), list(problems))]
-    Invalid { path: PathBuf, problems: Vec<ConfigProblem> },
+    Invalid {
+        path: PathBuf,
+        problems: Vec<ConfigProblem>,
+    },
 }
 
 fn list(problems: &[ConfigProblem]) -> String {
-    problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n")
+    problems
+        .iter()
+        .map(|p| format!("  {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 impl ConfigError {
@@ -94,7 +104,11 @@ pub(crate) fn parse_and_validate(
     let doc = match DeTable::parse(text) {
         Ok(doc) => doc,
         Err(e) => {
-            let p = problem(e.span(), String::new(), format!("TOML syntax: {}", e.message()));
+            let p = problem(
+                e.span(),
+                String::new(),
+                format!("TOML syntax: {}", e.message()),
+            );
             return Err(invalid(vec![p]));
         }
     };
@@ -107,7 +121,10 @@ pub(crate) fn parse_and_validate(
         match toml::from_str::<PipelineConfig>(&working.join("\n")) {
             Ok(cfg) => break Some(cfg),
             Err(e) => {
-                let field = e.span().map(|s| field_at(doc.get_ref(), s.start)).unwrap_or_default();
+                let field = e
+                    .span()
+                    .map(|s| field_at(doc.get_ref(), s.start))
+                    .unwrap_or_default();
                 problems.push(problem(e.span(), field, e.message().trim().to_string()));
                 let Some(span) = e.span() else { break None };
                 let line = line_col(text, span.start).0 - 1;
@@ -198,10 +215,12 @@ fn field_at(table: &DeTable<'_>, offset: usize) -> String {
 /// Spans of tables declared with headers do not always cover their keys; look inside.
 fn contains_deep(v: &Spanned<DeValue<'_>>, offset: usize) -> bool {
     match v.get_ref() {
-        DeValue::Table(t) => t
+        DeValue::Table(t) => t.iter().any(|(k, v)| {
+            k.span().contains(&offset) || v.span().contains(&offset) || contains_deep(v, offset)
+        }),
+        DeValue::Array(a) => a
             .iter()
-            .any(|(k, v)| k.span().contains(&offset) || v.span().contains(&offset) || contains_deep(v, offset)),
-        DeValue::Array(a) => a.iter().any(|v| v.span().contains(&offset) || contains_deep(v, offset)),
+            .any(|v| v.span().contains(&offset) || contains_deep(v, offset)),
         _ => false,
     }
 }
@@ -212,11 +231,19 @@ fn span_of(table: &DeTable<'_>, dotted: &str) -> Option<Range<usize>> {
     let mut current: Option<&DeValue<'_>> = None;
     for (depth, seg) in dotted.split('.').enumerate() {
         let next = match (depth, current) {
-            (0, _) => table.iter().find(|(k, _)| k.get_ref() == seg).map(|(k, v)| (k.span(), v)),
-            (_, Some(DeValue::Table(t))) => t.iter().find(|(k, _)| k.get_ref() == seg).map(|(k, v)| (k.span(), v)),
-            (_, Some(DeValue::Array(a))) => {
-                seg.parse::<usize>().ok().and_then(|i| a.get(i)).map(|v| (first_key_span(v), v))
-            }
+            (0, _) => table
+                .iter()
+                .find(|(k, _)| k.get_ref() == seg)
+                .map(|(k, v)| (k.span(), v)),
+            (_, Some(DeValue::Table(t))) => t
+                .iter()
+                .find(|(k, _)| k.get_ref() == seg)
+                .map(|(k, v)| (k.span(), v)),
+            (_, Some(DeValue::Array(a))) => seg
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| a.get(i))
+                .map(|v| (first_key_span(v), v)),
             _ => None,
         };
         let Some((span, value)) = next else { break };
@@ -229,7 +256,11 @@ fn span_of(table: &DeTable<'_>, dotted: &str) -> Option<Range<usize>> {
 /// For an array element (e.g. one `[[ingest.sources]]` table), the span of its first key.
 fn first_key_span(v: &Spanned<DeValue<'_>>) -> Range<usize> {
     match v.get_ref() {
-        DeValue::Table(t) => t.iter().map(|(k, _)| k.span()).min_by_key(|s| s.start).unwrap_or(v.span()),
+        DeValue::Table(t) => t
+            .iter()
+            .map(|(k, _)| k.span())
+            .min_by_key(|s| s.start)
+            .unwrap_or(v.span()),
         _ => v.span(),
     }
 }

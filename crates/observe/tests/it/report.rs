@@ -1,0 +1,388 @@
+//! The HTML run report: contents for failed, cached and never-started runs, and a real render in
+//! headless Chromium to a PNG.
+
+use crate::fixture::{EXPERTS, Fixture, LAYERS, new_run};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use tardbot_observe::{ObserveError, render_report};
+
+/// The text inside the element with `id="…"` up to its closing tag (figures and sections only nest
+/// other kinds of elements here).
+fn element<'a>(html: &'a str, id: &str, tag: &str) -> &'a str {
+    let start = html
+        .find(&format!("id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no element #{id}"));
+    let end = html[start..]
+        .find(&format!("</{tag}>"))
+        .unwrap_or_else(|| panic!("#{id} is not closed"));
+    &html[start..start + end]
+}
+
+/// The cells (raw HTML) of each body row of the first table in `html`.
+fn table_rows(html: &str) -> Vec<Vec<String>> {
+    let body = html
+        .split("<tbody>")
+        .nth(1)
+        .and_then(|b| b.split("</tbody>").next())
+        .unwrap_or("");
+    body.split("<tr>")
+        .skip(1)
+        .map(|r| {
+            r.split("<td>")
+                .skip(1)
+                .map(|c| c.split("</td>").next().unwrap_or("").to_string())
+                .collect()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn failed_run_report_has_every_part() {
+    let f = Fixture::build().await;
+    let html = render_report(&f.ledger, &f.failed.name)
+        .await
+        .expect("render");
+
+    assert!(html.starts_with("<!doctype html>"));
+    for id in [
+        "summary",
+        "stages",
+        "training",
+        "moe",
+        "evals",
+        "artifacts",
+        "checkpoints",
+        "events",
+        "config",
+    ] {
+        assert!(html.contains(&format!("id=\"{id}\"")), "section #{id}");
+    }
+    // Failure banner with the resume command; the error text is escaped.
+    assert!(html.contains("This run failed."), "failure banner");
+    assert!(html.contains("<code>tardbot-pipeline resume run-1</code>"));
+    assert!(html.contains("grad_norm &gt; 1e4"), "error text escaped");
+    assert!(!html.contains("grad_norm > 1e4"));
+
+    // Stage table: interrupted, resumed, failed attempts.
+    let stages = element(&html, "stages", "section");
+    assert_eq!(stages.matches("<tr>").count(), 1 + 5, "header + 5 attempts");
+    assert!(
+        stages.contains("s-interrupted")
+            && stages.contains("s-failed")
+            && stages.contains("s-succeeded")
+    );
+    assert!(stages.contains("resumed from checkpoint @ step 100"));
+
+    // Loss plot of pretrain: both attempts, eval dots, an SVG polyline per attempt.
+    let loss = element(&html, "loss-pretrain", "figure");
+    assert!(
+        loss.contains("<svg") && loss.contains("</svg"),
+        "inline SVG"
+    );
+    for (i, color) in ["#1F77B4", "#FF7F0E"].iter().enumerate() {
+        // The curve and its legend line, in the attempt's colour.
+        let lines = loss
+            .matches(&format!(
+                "<polyline fill=\"none\" opacity=\"1\" stroke=\"{color}\""
+            ))
+            .count();
+        assert_eq!(lines, 2, "attempt {} curve + legend line in {color}", i + 1);
+    }
+    assert!(
+        loss.contains("attempt 1 (interrupted)")
+            && loss.contains("attempt 2 (succeeded), resumed @ 100")
+    );
+    assert!(loss.contains("val loss (eval)"));
+    for key in ["lr", "grad-norm", "tokens-per-s", "mfu", "aux"] {
+        assert!(
+            html.contains(&format!("id=\"plot-pretrain-{key}\"")),
+            "pretrain {key} plot"
+        );
+    }
+    assert!(
+        html.contains("id=\"loss-sft\""),
+        "the failed stage's curve is shown too"
+    );
+
+    // Expert-load heatmaps: one per layer per training stage, a cell per (bin, expert).
+    for layer in 0..LAYERS {
+        let heat = element(&html, &format!("heat-pretrain-l{layer}"), "figure");
+        assert!(
+            heat.matches("<rect").count() > (EXPERTS as usize) * 30,
+            "heatmap cells of layer {layer}"
+        );
+    }
+    assert!(
+        html.contains("id=\"plot-pretrain-router-entropy\"")
+            && html.contains("id=\"plot-pretrain-dead-experts\"")
+    );
+    // The dead expert (layer 1, expert 7, from step 150) is drawn in the "dead" colour.
+    assert!(
+        element(&html, "heat-pretrain-l1", "figure").contains("#081D58"),
+        "dead expert colour"
+    );
+    assert!(
+        !element(&html, "heat-pretrain-l0", "figure").contains("#081D58"),
+        "no dead expert in layer 0"
+    );
+
+    // Evals before/after pretrain: val loss 10.84 before.
+    let evals = element(&html, "evals", "section");
+    assert!(
+        evals.contains("10.8400 <small>@0</small>"),
+        "before value of pretrain val loss"
+    );
+    assert!(evals.contains("class=\"better\""), "val loss went down");
+
+    // Artifacts with full hashes in tooltips, checkpoints with resume lineage.
+    let artifacts = element(&html, "artifacts", "section");
+    assert!(artifacts.contains("model.safetensors") && artifacts.contains("92.0 MiB"));
+    let hash: String =
+        sqlx::query_scalar("SELECT hash FROM artifacts WHERE kind = 'model' ORDER BY id LIMIT 1")
+            .fetch_one(&crate::sql::read_only(&f.ledger_path()).await)
+            .await
+            .expect("hash");
+    assert!(
+        artifacts.contains(&format!("title=\"{hash}\"")),
+        "full hash"
+    );
+    let checkpoints = element(&html, "checkpoints", "section");
+    assert_eq!(
+        checkpoints.matches("<tr>").count(),
+        1 + 7,
+        "header + 7 checkpoints"
+    );
+    let rows = table_rows(checkpoints);
+    let resumed: Vec<&Vec<String>> = rows
+        .iter()
+        .filter(|r| r.get(9).is_some_and(|c| !c.is_empty()))
+        .collect();
+    assert_eq!(
+        resumed.len(),
+        1,
+        "one checkpoint was resumed from: {rows:?}"
+    );
+    assert_eq!(
+        (
+            resumed[0][1].as_str(),
+            resumed[0][3].as_str(),
+            resumed[0][9].as_str()
+        ),
+        ("pretrain", "100", "2")
+    );
+
+    // Config is shown; the report is self-contained (no external resources).
+    assert!(html.contains("checkpoint_every = 50"));
+    for needle in ["<link", "src=\"http", "@import", "url(http"] {
+        assert!(!html.contains(needle), "external resource: {needle}");
+    }
+    let external = html.matches("http://").count() + html.matches("https://").count();
+    assert_eq!(
+        external,
+        html.matches("xmlns=\"http://www.w3.org/2000/svg\"").count(),
+        "the only URLs are SVG namespaces"
+    );
+}
+
+#[tokio::test]
+async fn cached_and_pending_runs_render() {
+    let f = Fixture::build().await;
+    let html = render_report(&f.ledger, &f.succeeded.name)
+        .await
+        .expect("render");
+    assert!(
+        !html.contains("class=\"banner"),
+        "a succeeded run has no banner"
+    );
+    let stages = element(&html, "stages", "section");
+    assert_eq!(stages.matches("cached from <b>run-1</b>").count(), 3);
+    let artifacts = element(&html, "artifacts", "section");
+    assert!(
+        artifacts.contains("cached from <b>run-1</b>"),
+        "reused artifacts name their run"
+    );
+    assert!(
+        html.contains("id=\"loss-sft\"") && !html.contains("id=\"loss-pretrain\""),
+        "only sft trained in run-2"
+    );
+
+    // A run that never started a stage, looked up by id.
+    let pending = new_run(&f.ledger).await;
+    let html = render_report(&f.ledger, &pending.id.to_string())
+        .await
+        .expect("render pending");
+    assert!(html.contains("This run has not started yet."));
+    assert!(
+        html.contains("No stage has started.")
+            && html.contains("No stage of this run logged training metrics.")
+    );
+
+    // A running run with a fresh heartbeat: a snapshot banner naming its stage.
+    f.ledger
+        .claim_run(pending.id, "testhost", 7)
+        .await
+        .expect("claim");
+    f.ledger
+        .start_attempt(
+            pending.id,
+            "ingest",
+            "fp",
+            tardbot_ledger::AttemptStatus::Running,
+            None,
+            None,
+        )
+        .await
+        .expect("attempt");
+    let html = render_report(&f.ledger, &pending.name)
+        .await
+        .expect("render running");
+    assert!(html.contains("Running (heartbeat") && html.contains("Now in stage <b>ingest</b>"));
+
+    match render_report(&f.ledger, "run-999").await {
+        Err(ObserveError::Ledger(e)) => assert!(e.to_string().contains("run-999")),
+        other => panic!("expected not found, got {:?}", other.map(|h| h.len())),
+    }
+}
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// Runs Chromium with a deadline; returns (exit ok, stdout, stderr). Output goes through files: a
+/// page's DOM is larger than a pipe's buffer, and Chromium would block writing it.
+fn chromium(args: &[String], deadline: Duration) -> (bool, String, String) {
+    let io = tempfile::tempdir().expect("io dir");
+    let (out_path, err_path) = (io.path().join("stdout"), io.path().join("stderr"));
+    let mut child = Command::new(CHROMIUM)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path).expect("stdout file"))
+        .stderr(std::fs::File::create(&err_path).expect("stderr file"))
+        .spawn()
+        .expect("start chromium");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait chromium") {
+            break status;
+        }
+        if start.elapsed() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "chromium did not finish in {deadline:?}: {}",
+                std::fs::read_to_string(&err_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let read =
+        |p: &Path| String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned();
+    (status.success(), read(&out_path), read(&err_path))
+}
+
+fn chromium_args(profile: &Path, extra: &[String], url: &str) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--window-size=1400,2400",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.push(format!("--user-data-dir={}", profile.display()));
+    args.extend_from_slice(extra);
+    args.push(url.to_string());
+    args
+}
+
+#[tokio::test]
+async fn report_renders_in_headless_chromium() {
+    if !Path::new(CHROMIUM).exists() {
+        eprintln!(
+            "SKIPPED: {CHROMIUM} is not installed (apt-get install -y chromium); the report was not rendered in a browser"
+        );
+        return;
+    }
+    let f = Fixture::build().await;
+    let html = render_report(&f.ledger, &f.failed.name)
+        .await
+        .expect("render");
+    let out_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("observe-report");
+    std::fs::create_dir_all(&out_dir).expect("out dir");
+    let page = out_dir.join("report.html");
+    let png = out_dir.join("report.png");
+    let _ = std::fs::remove_file(&png);
+    std::fs::write(&page, &html).expect("write report");
+    let url = format!("file://{}", page.display());
+
+    // 1. The DOM after scripts ran: the report's script marks the page and counts the plots.
+    let profile = tempfile::tempdir().expect("profile");
+    let (ok, dom, stderr) = chromium(
+        &chromium_args(profile.path(), &["--dump-dom".into()], &url),
+        Duration::from_secs(120),
+    );
+    assert!(ok, "chromium --dump-dom failed: {stderr}");
+    let figures = html.matches("<figure").count();
+    assert!(
+        dom.contains(&format!("data-report-ready=\"{figures}\"")),
+        "the page's script did not run to its end (data-report-ready missing or wrong); stderr:\n{stderr}"
+    );
+    for line in stderr.lines() {
+        assert!(!line.contains("Uncaught"), "script error: {line}");
+    }
+
+    // 2. The screenshot.
+    let profile = tempfile::tempdir().expect("profile");
+    let (ok, _, stderr) = chromium(
+        &chromium_args(
+            profile.path(),
+            &[format!("--screenshot={}", png.display())],
+            &url,
+        ),
+        Duration::from_secs(120),
+    );
+    assert!(ok && png.exists(), "chromium --screenshot failed: {stderr}");
+    let decoder = png::Decoder::new(std::io::BufReader::new(
+        std::fs::File::open(&png).expect("open png"),
+    ));
+    let mut reader = decoder.read_info().expect("png header");
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).expect("png frame");
+    assert_eq!((info.width, info.height), (1400, 2400), "window size");
+    let channels = info.color_type.samples();
+    assert!(channels >= 3, "colour screenshot");
+    let pixels = buf[..info.buffer_size()].chunks(channels);
+    let (mut non_background, mut loss_blue, mut total) = (0usize, 0usize, 0usize);
+    for p in pixels {
+        total += 1;
+        let (r, g, b) = (i32::from(p[0]), i32::from(p[1]), i32::from(p[2]));
+        if (r - 246).abs() + (g - 247).abs() + (b - 249).abs() > 12 && (r, g, b) != (255, 255, 255)
+        {
+            non_background += 1;
+        }
+        // The first attempt's loss line (#1f77b4), allowing for anti-aliasing.
+        if (r - 31).abs() + (g - 119).abs() + (b - 180).abs() < 40 {
+            loss_blue += 1;
+        }
+    }
+    assert!(
+        non_background * 20 > total,
+        "the page is mostly empty: {non_background} of {total} pixels drawn"
+    );
+    assert!(
+        loss_blue > 400,
+        "the loss curves' blue is (almost) absent: {loss_blue} pixels; see {}",
+        png.display()
+    );
+    eprintln!(
+        "report screenshot: {} ({loss_blue} loss-blue pixels, {non_background} drawn)",
+        png.display()
+    );
+}

@@ -6,6 +6,7 @@ use crate::workspace::Workspace;
 use crate::{bench, logging, report};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tardbot_core::{ModelConfig, PipelineConfig};
@@ -37,12 +38,23 @@ pub enum Command {
         /// Run STAGE even if a cached result exists (repeatable; `all` forces every stage).
         #[arg(long, value_name = "STAGE")]
         force: Vec<String>,
+        /// Serve live Prometheus metrics of the run on this address (e.g. 127.0.0.1:9464).
+        #[arg(long, value_name = "ADDR")]
+        metrics_addr: Option<SocketAddr>,
     },
     /// Continue an interrupted or failed run from where it stopped, with its recorded config.
     Resume {
         run: String,
         #[arg(long, value_name = "STAGE")]
         force: Vec<String>,
+        #[arg(long, value_name = "ADDR")]
+        metrics_addr: Option<SocketAddr>,
+    },
+    /// Write a self-contained HTML report of a run (default: <workspace>/runs/<run>/report.html).
+    Report {
+        run: String,
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Stages of a run (default: the newest) with state, attempts, duration, cached/resumed.
     Status { run: Option<String> },
@@ -71,6 +83,28 @@ pub enum BenchWhat {
     Ledger {
         #[arg(long, default_value_t = 1_000_000)]
         rows: usize,
+    },
+    /// Ingest throughput (MB/s) and peak memory on a corpus replicated with variations.
+    Ingest {
+        /// `<|endoftext|>`-separated text to replicate (default: ../shared/corpora/prose/train.txt).
+        #[arg(long)]
+        corpus: Option<PathBuf>,
+        #[arg(long, default_value_t = 12)]
+        copies: usize,
+    },
+    /// Tokenizer training on the prose corpus, encode speed against Python tokenizers, packing, loader.
+    Tokenize {
+        #[arg(long, default_value = "../shared/corpora")]
+        corpora: PathBuf,
+    },
+    /// Generation tokens/s, fp32 and int8 weights.
+    Generate {
+        #[arg(long, default_value = "mac_nano")]
+        preset: String,
+        #[arg(long, default_value_t = 64)]
+        prompt_tokens: usize,
+        #[arg(long, default_value_t = 64)]
+        new_tokens: usize,
     },
 }
 
@@ -179,9 +213,28 @@ async fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<u8> {
                 println!("{} already succeeded; nothing to resume", existing.name);
                 return Ok(0);
             }
-            let outcome = orch.resume(&run, &RunOptions { force }).await?;
+            let metrics = LiveMetrics::start(metrics_addr, &orch.ledger, Some(existing.id)).await?;
+            let outcome = orch.resume(&run, &RunOptions { force }).await;
+            metrics.stop().await;
+            let outcome = outcome?;
             print_outcome(&orch, &outcome).await?;
             Ok(exit_for(outcome.status))
+        }
+        Command::Report { run, out } => {
+            let ws = match workspace(&cli.workspace, &cli.config) {
+                Ok(ws) => ws,
+                Err(code) => return Ok(code),
+            };
+            let ledger = Ledger::open(&ws.ledger_path()).await?;
+            let found = ledger.run(&run).await?;
+            let html = tardbot_observe::render_report(&ledger, &run).await?;
+            let path = out.unwrap_or_else(|| ws.run_dir(&found.name).join("report.html"));
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            }
+            std::fs::write(&path, html).with_context(|| format!("writing {}", path.display()))?;
+            println!("{}", path.display());
+            Ok(0)
         }
         Command::Status { run } => {
             let ws = match workspace(&cli.workspace, &cli.config) {
@@ -273,4 +326,40 @@ async fn print_outcome(
         }
     );
     Ok(())
+}
+
+/// The optional Prometheus endpoint of `run`/`resume --metrics-addr`.
+struct LiveMetrics {
+    task: Option<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
+}
+
+impl LiveMetrics {
+    async fn start(addr: Option<SocketAddr>, ledger: &Ledger, run: Option<i64>) -> anyhow::Result<LiveMetrics> {
+        let Some(addr) = addr else {
+            return Ok(LiveMetrics { task: None });
+        };
+        let server = tardbot_observe::MetricsServer::bind(addr, ledger, run).await?;
+        eprintln!("live metrics: http://{}/metrics", server.local_addr()?);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            if let Err(e) = server
+                .serve(async {
+                    let _ = stopped.await;
+                })
+                .await
+            {
+                tracing::warn!(error = %e, "metrics endpoint stopped");
+            }
+        });
+        Ok(LiveMetrics {
+            task: Some((stop, task)),
+        })
+    }
+
+    async fn stop(self) {
+        if let Some((stop, task)) = self.task {
+            let _ = stop.send(());
+            let _ = task.await;
+        }
+    }
 }

@@ -7,5 +7,10 @@ pub type Registry = Vec<Arc<dyn Stage>>;
 
 /// Every stage of the shipped pipeline. Stages are added here as their crates land.
 pub fn stages() -> Registry {
-    vec![]
+    vec![
+        Arc::new(tardbot_ingest::IngestStage),
+        Arc::new(tardbot_tokenize::TokenizerStage),
+        Arc::new(tardbot_tokenize::TokenizeStage),
+        Arc::new(tardbot_pretrain::PretrainStage),
+    ]
 }

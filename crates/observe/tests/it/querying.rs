@@ -1,4 +1,4 @@
-//! The example queries of docs/querying.md (the README's "Querying run history"), parsed out of the
+//! The example queries of the README's "Querying run history" section, parsed out of the
 //! markdown so the doc cannot drift: each runs against the fixture ledger through sqlx and returns
 //! rows, and, where the `sqlite3` command line is installed, the exact shell line runs too.
 
@@ -7,9 +7,16 @@ use crate::sql::{read_only, run};
 use std::path::Path;
 use std::process::Command;
 
+/// The README's "Querying run history" section, up to the next `## ` heading.
 fn doc() -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/querying.md");
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md");
+    let readme = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let start = readme
+        .find("## Querying run history\n")
+        .expect("README.md has a \"## Querying run history\" section");
+    let section = &readme[start..];
+    let end = section[3..].find("\n## ").map_or(section.len(), |i| i + 4);
+    section[..end].to_string()
 }
 
 /// Splits a shell command line into words: '…' literal, "…" with \" \\ \$ \` escapes, \ outside quotes.
@@ -112,7 +119,7 @@ fn examples() -> Vec<Example> {
     let doc = doc();
     assert!(
         doc.starts_with("## Querying run history\n"),
-        "docs/querying.md is the README section \"Querying run history\""
+        "the README section \"Querying run history\""
     );
     commands(&doc)
         .into_iter()

@@ -230,7 +230,8 @@ async fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<u8> {
             let html = tardbot_observe::render_report(&ledger, &run).await?;
             let path = out.unwrap_or_else(|| ws.run_dir(&found.name).join("report.html"));
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
             }
             std::fs::write(&path, html).with_context(|| format!("writing {}", path.display()))?;
             println!("{}", path.display());
@@ -330,11 +331,18 @@ async fn print_outcome(
 
 /// The optional Prometheus endpoint of `run`/`resume --metrics-addr`.
 struct LiveMetrics {
-    task: Option<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
+    task: Option<(
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    )>,
 }
 
 impl LiveMetrics {
-    async fn start(addr: Option<SocketAddr>, ledger: &Ledger, run: Option<i64>) -> anyhow::Result<LiveMetrics> {
+    async fn start(
+        addr: Option<SocketAddr>,
+        ledger: &Ledger,
+        run: Option<i64>,
+    ) -> anyhow::Result<LiveMetrics> {
         let Some(addr) = addr else {
             return Ok(LiveMetrics { task: None });
         };

@@ -355,7 +355,10 @@ impl FilterConfig {
                 ),
             );
         }
-        if !(self.min_mean_word_len <= self.max_mean_word_len) {
+        if self.min_mean_word_len.is_nan()
+            || self.max_mean_word_len.is_nan()
+            || self.min_mean_word_len > self.max_mean_word_len
+        {
             p.push(
                 "ingest.filters.min_mean_word_len",
                 "must not exceed max_mean_word_len".to_string(),
@@ -384,7 +387,7 @@ impl FilterConfig {
                 );
             }
         }
-        if !(self.max_symbol_ratio >= 0.0) {
+        if self.max_symbol_ratio.is_nan() || self.max_symbol_ratio < 0.0 {
             p.push(
                 "ingest.filters.max_symbol_ratio",
                 "must be >= 0".to_string(),

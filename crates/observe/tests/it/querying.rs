@@ -10,7 +10,8 @@ use std::process::Command;
 /// The README's "Querying run history" section, up to the next `## ` heading.
 fn doc() -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md");
-    let readme = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let readme =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let start = readme
         .find("## Querying run history\n")
         .expect("README.md has a \"## Querying run history\" section");

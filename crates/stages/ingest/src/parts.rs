@@ -1,0 +1,272 @@
+//! One input file → one *part* in the work directory: its cleaned, filtered documents as Parquet
+//! plus a completion marker holding the file's counts.
+//!
+//! A part is complete only when its marker exists and matches the input file (size, mtime) and
+//! the configuration; a killed ingest therefore restarts at the first input file whose part is not
+//! complete. Reading runs on its own thread; cleaning, filtering and hashing of each batch of
+//! documents run in parallel on the stage's thread pool; rows are written in input order.
+
+use crate::clean::{CleanPolicy, Cleaned, clean, clean_str};
+use crate::error::IngestError;
+use crate::filters::{FilterRules, Reason};
+use crate::report::Counts;
+use crate::shards::{PartRow, PartWriter};
+use crate::sources::{InputFile, RawDoc, ReadOptions, read_documents};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::sync_channel;
+use tardbot_core::config::OnError;
+
+/// Everything needed to turn files into parts.
+pub struct PartSettings {
+    pub dir: PathBuf,
+    pub clean: CleanPolicy,
+    pub filters: FilterRules,
+    pub read: ReadOptions,
+    pub validation_fraction: f64,
+    pub seed: u64,
+    /// Hash of the stage's config slice: a part made under another config is redone.
+    pub config_hash: String,
+}
+
+/// The completion marker of a part (`<part>.done.json`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Marker {
+    pub file_key: String,
+    pub input: String,
+    pub input_bytes: u64,
+    pub input_mtime_ns: u128,
+    pub config_hash: String,
+    /// File name of the part's Parquet in the parts directory (absent: the file was skipped).
+    pub part: Option<String>,
+    pub rows: u64,
+    pub counts: Counts,
+}
+
+impl Marker {
+    pub fn part_path(&self, dir: &Path) -> Option<PathBuf> {
+        self.part.as_ref().map(|p| dir.join(p))
+    }
+}
+
+fn stem(ordinal: u32, file: &InputFile) -> String {
+    format!("{ordinal:06}-{}", &file.key()[..16])
+}
+
+pub(crate) fn mtime_ns(path: &Path) -> u128 {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos())
+}
+
+/// The marker of a complete part for this file, if there is one.
+pub fn complete_part(s: &PartSettings, ordinal: u32, file: &InputFile) -> Option<Marker> {
+    let path = s.dir.join(format!("{}.done.json", stem(ordinal, file)));
+    let m: Marker = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    let ok = m.file_key == file.key()
+        && m.input_bytes == file.bytes
+        && m.input_mtime_ns == mtime_ns(&file.path)
+        && m.config_hash == s.config_hash
+        && m.part_path(&s.dir).is_none_or(|p| p.is_file());
+    ok.then_some(m)
+}
+
+/// What happened to one document.
+enum Outcome {
+    Kept { row: PartRow, repaired: bool },
+    InvalidUtf8,
+    Empty { repaired: bool },
+    Filtered { reason: Reason, repaired: bool },
+}
+
+fn unit(bytes: &[u8]) -> f64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&bytes[..8]);
+    (u64::from_le_bytes(w) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+fn process(doc: RawDoc, s: &PartSettings) -> Outcome {
+    let cleaned = match doc {
+        RawDoc::Bytes(b) => clean(b, &s.clean),
+        RawDoc::Str { text, repaired } => clean_str(text, repaired, &s.clean),
+        RawDoc::InvalidUtf8 => Cleaned::InvalidUtf8,
+    };
+    let (text, repaired) = match cleaned {
+        Cleaned::Text { text, repaired } => (text, repaired),
+        Cleaned::InvalidUtf8 => return Outcome::InvalidUtf8,
+        Cleaned::Empty => return Outcome::Empty { repaired: false },
+    };
+    if let Some(reason) = s.filters.check(&text) {
+        return Outcome::Filtered { reason, repaired };
+    }
+    let h = blake3::hash(text.as_bytes());
+    let mut keyed = blake3::Hasher::new();
+    keyed.update(&s.seed.to_le_bytes());
+    keyed.update(h.as_bytes());
+    let row = PartRow {
+        id: h.to_hex().to_string(),
+        val: unit(h.as_bytes()) < s.validation_fraction,
+        mix_u: unit(keyed.finalize().as_bytes()),
+        text,
+    };
+    Outcome::Kept { row, repaired }
+}
+
+fn raw_len(d: &RawDoc) -> u64 {
+    match d {
+        RawDoc::Bytes(b) => b.len() as u64,
+        RawDoc::Str { text, .. } => text.len() as u64,
+        RawDoc::InvalidUtf8 => 0,
+    }
+}
+
+const BATCH_BYTES: u64 = 4 << 20;
+const BATCH_DOCS: usize = 4096;
+
+/// Turns one input file into a complete part (or, under `on_error = "skip"`, a marker recording
+/// that the file was skipped). Returns the marker.
+pub fn build_part(
+    s: &PartSettings,
+    ordinal: u32,
+    file: &InputFile,
+    pool: &rayon::ThreadPool,
+) -> Result<Marker, IngestError> {
+    let name = stem(ordinal, file);
+    let part_file = format!("{name}.parquet");
+    let tmp = s.dir.join(format!("{name}.parquet.tmp"));
+    let mut counts = Counts {
+        files: 1,
+        ..Counts::default()
+    };
+    let result = write_part(s, ordinal, file, pool, &tmp, &mut counts);
+    let rows = match result {
+        Ok(rows) => rows,
+        Err(e) if s.read.on_error == OnError::Skip && e.is_skippable_file_error() => {
+            tracing::warn!("skipping {}: {e}", file.display);
+            let _ = std::fs::remove_file(&tmp);
+            counts = Counts {
+                files: 1,
+                files_skipped: 1,
+                ..Counts::default()
+            };
+            0
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    let part = if counts.files_skipped == 0 {
+        let dest = s.dir.join(&part_file);
+        std::fs::rename(&tmp, &dest).map_err(|e| IngestError::write(&dest, e))?;
+        Some(part_file)
+    } else {
+        None
+    };
+    let marker = Marker {
+        file_key: file.key(),
+        input: file.display.clone(),
+        input_bytes: file.bytes,
+        input_mtime_ns: mtime_ns(&file.path),
+        config_hash: s.config_hash.clone(),
+        part,
+        rows,
+        counts,
+    };
+    let mpath = s.dir.join(format!("{name}.done.json"));
+    let mtmp = s.dir.join(format!("{name}.done.json.tmp"));
+    let json = serde_json::to_vec_pretty(&marker).map_err(|e| IngestError::write(&mpath, e))?;
+    write_synced(&mtmp, &json)?;
+    std::fs::rename(&mtmp, &mpath).map_err(|e| IngestError::write(&mpath, e))?;
+    Ok(marker)
+}
+
+pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), IngestError> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).map_err(|e| IngestError::write(path, e))?;
+    f.write_all(bytes)
+        .map_err(|e| IngestError::write(path, e))?;
+    f.sync_all().map_err(|e| IngestError::write(path, e))
+}
+
+fn write_part(
+    s: &PartSettings,
+    ordinal: u32,
+    file: &InputFile,
+    pool: &rayon::ThreadPool,
+    tmp: &Path,
+    counts: &mut Counts,
+) -> Result<u64, IngestError> {
+    let mut writer = PartWriter::create(tmp, ordinal, &file.source_name)?;
+    let read_result = std::thread::scope(|scope| -> Result<_, IngestError> {
+        let (tx, rx) = sync_channel::<Vec<RawDoc>>(2);
+        let read_opts = s.read;
+        let reader = scope.spawn(move || {
+            let mut batch = Vec::new();
+            let mut bytes = 0u64;
+            let r = read_documents(file, &read_opts, &mut |d| {
+                bytes += raw_len(&d);
+                batch.push(d);
+                if bytes >= BATCH_BYTES || batch.len() >= BATCH_DOCS {
+                    bytes = 0;
+                    return tx.send(std::mem::take(&mut batch)).is_ok();
+                }
+                true
+            });
+            if !batch.is_empty() {
+                let _ = tx.send(batch);
+            }
+            r
+        });
+        let mut failure = None;
+        for batch in rx.iter() {
+            counts.docs_in += batch.len() as u64;
+            counts.bytes_in += batch.iter().map(raw_len).sum::<u64>();
+            let outcomes: Vec<Outcome> =
+                pool.install(|| batch.into_par_iter().map(|d| process(d, s)).collect());
+            for o in outcomes {
+                match o {
+                    Outcome::Kept { row, repaired } => {
+                        counts.invalid_utf8_repaired += u64::from(repaired);
+                        counts.docs_kept += 1;
+                        counts.bytes_kept += row.text.len() as u64;
+                        if let Err(e) = writer.push(row) {
+                            failure = Some(e);
+                            break;
+                        }
+                    }
+                    Outcome::InvalidUtf8 => counts.invalid_utf8_dropped += 1,
+                    Outcome::Empty { repaired } => {
+                        counts.invalid_utf8_repaired += u64::from(repaired);
+                        counts.empty += 1;
+                    }
+                    Outcome::Filtered { reason, repaired } => {
+                        counts.invalid_utf8_repaired += u64::from(repaired);
+                        *counts
+                            .filtered
+                            .entry(reason.as_str().to_string())
+                            .or_default() += 1;
+                    }
+                }
+            }
+            if failure.is_some() {
+                break;
+            }
+        }
+        drop(rx);
+        let read = reader.join().map_err(|_| IngestError::Write {
+            path: file.path.clone(),
+            message: "the reader thread panicked".to_string(),
+        })?;
+        match failure {
+            Some(e) => Err(e),
+            None => read,
+        }
+    })?;
+    counts.records_skipped +=
+        read_result.malformed + read_result.missing_field + read_result.too_large;
+    writer.finish()
+}

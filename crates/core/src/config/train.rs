@@ -148,13 +148,13 @@ impl TrainConfig {
                 ),
             );
         }
-        if !(self.grad_clip >= 0.0) {
+        if self.grad_clip.is_nan() || self.grad_clip < 0.0 {
             p.push(
                 &format!("{section}.grad_clip"),
                 "must be >= 0 (0 disables clipping)".to_string(),
             );
         }
-        if !(self.weight_decay >= 0.0) {
+        if self.weight_decay.is_nan() || self.weight_decay < 0.0 {
             p.push(
                 &format!("{section}.weight_decay"),
                 "must be >= 0".to_string(),

@@ -139,7 +139,7 @@ fn run_all_trains_and_a_sigkilled_run_resumes_bit_exactly() {
     let first = f64::from_bits(losses_a[0].1);
     let last = f64::from_bits(losses_a[losses_a.len() - 1].1);
     assert!(
-        last < first * 0.8,
+        last < first - 0.5,
         "training loss must fall: {first} -> {last}"
     );
     let val: Vec<f64> = with_ledger(a.path(), async |l| {

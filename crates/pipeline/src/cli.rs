@@ -185,7 +185,11 @@ fn exit_for(status: RunStatus) -> u8 {
 
 async fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<u8> {
     match cli.command {
-        Command::Run { targets, force } => {
+        Command::Run {
+            targets,
+            force,
+            metrics_addr,
+        } => {
             let (config, text) = match load_config(&cli.config) {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
@@ -196,13 +200,20 @@ async fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<u8> {
                     .unwrap_or_else(|| config.workspace_dir()),
             );
             let orch = Orchestrator::open(registry, ws).await?;
+            let metrics = LiveMetrics::start(metrics_addr, &orch.ledger, None).await?;
             let outcome = orch
                 .run(config, &text, &targets, &RunOptions { force })
-                .await?;
+                .await;
+            metrics.stop().await;
+            let outcome = outcome?;
             print_outcome(&orch, &outcome).await?;
             Ok(exit_for(outcome.status))
         }
-        Command::Resume { run, force } => {
+        Command::Resume {
+            run,
+            force,
+            metrics_addr,
+        } => {
             let ws = match workspace(&cli.workspace, &cli.config) {
                 Ok(ws) => ws,
                 Err(code) => return Ok(code),
@@ -297,6 +308,42 @@ async fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<u8> {
             let figures = match what {
                 BenchWhat::Ledger { rows } => {
                     bench::ledger(rows).await.context("ledger benchmark")?
+                }
+                BenchWhat::Ingest { corpus, copies } => {
+                    let opts = tardbot_ingest::BenchOptions {
+                        corpus,
+                        copies,
+                        ..Default::default()
+                    };
+                    tokio::task::spawn_blocking(move || tardbot_ingest::bench_ingest(&opts))
+                        .await??
+                }
+                BenchWhat::Tokenize { corpora } => {
+                    anyhow::ensure!(
+                        corpora.join("prose/train.txt").exists(),
+                        "the tokenize benchmark needs the prose corpus at {}/prose/train.txt (pass --corpora DIR)",
+                        corpora.display()
+                    );
+                    let scratch = tempfile::tempdir()?;
+                    let dir = scratch.path().to_path_buf();
+                    tokio::task::spawn_blocking(move || {
+                        tardbot_tokenize::bench::bench_tokenize_on_corpora(&corpora, &dir)
+                    })
+                    .await??
+                }
+                BenchWhat::Generate {
+                    preset,
+                    prompt_tokens,
+                    new_tokens,
+                } => {
+                    let opts = tardbot_model::BenchGenerateOptions {
+                        preset,
+                        prompt_tokens,
+                        new_tokens,
+                        seed: 0,
+                    };
+                    tokio::task::spawn_blocking(move || tardbot_model::bench_generate(&opts))
+                        .await??
                 }
             };
             bench::emit(&figures);

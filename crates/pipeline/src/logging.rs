@@ -1,7 +1,7 @@
 //! Logs: human-readable on stderr, and JSON lines in the run's directory (`log.jsonl`) once a run is known.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 use tracing_subscriber::EnvFilter;
@@ -41,6 +41,7 @@ pub fn init() {
     let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let human = tracing_subscriber::fmt::layer()
         .with_writer(io::stderr)
+        .with_ansi(io::stderr().is_terminal())
         .with_target(false)
         .compact()
         .with_filter(filter());

@@ -72,13 +72,22 @@ impl Ledger {
                 path: path.to_path_buf(),
                 source,
             })?;
-        sqlx::migrate!("../../migrations")
-            .run(&pool)
-            .await
-            .map_err(|source| LedgerError::Migrate {
+        // Two processes opening a fresh ledger at once (a run and `status`, or tests polling a run)
+        // must not both apply the migrations: serialise them with an OS lock next to the database.
+        let mut lock_path = path.as_os_str().to_owned();
+        lock_path.push(".migrate-lock");
+        let lock = std::fs::File::create(&lock_path)
+            .and_then(|f| f.lock().map(|()| f))
+            .map_err(|e| LedgerError::Open {
                 path: path.to_path_buf(),
-                source,
+                source: sqlx::Error::Io(e),
             })?;
+        let migrated = sqlx::migrate!("../../migrations").run(&pool).await;
+        drop(lock);
+        migrated.map_err(|source| LedgerError::Migrate {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Ok(Ledger {
             pool,
             path: path.to_path_buf(),

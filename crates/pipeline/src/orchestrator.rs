@@ -44,8 +44,8 @@ pub enum OrchestratorError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("run {run} was recorded with stages this binary does not have: {0}", run = .1)]
-    Recorded(String, String),
+    #[error("run {run}: a stage's task ended without a result ({why})")]
+    Scheduler { run: String, why: String },
 }
 
 /// How a run ended.
@@ -307,10 +307,10 @@ impl Orchestrator {
             let finished = match joined {
                 Ok(r) => r?,
                 Err(e) => {
-                    return Err(OrchestratorError::Recorded(
-                        format!("scheduler task failed: {e}"),
-                        run.name.clone(),
-                    ));
+                    return Err(OrchestratorError::Scheduler {
+                        run: run.name.clone(),
+                        why: e.to_string(),
+                    });
                 }
             };
             used_threads -= finished.threads;

@@ -30,3 +30,22 @@ jargon = [r for r in rows if r["source"].startswith("jargon")][::10]
 with open(OUT / "jargon.jsonl", "w", encoding="utf-8") as f:
     for r in jargon:
         f.write(json.dumps({"source": r["source"], "title": r["title"], "text": r["text"]}, ensure_ascii=False) + "\n")
+
+# bfcl_sample.jsonl: tool-calling rows, unchanged. Every 8th row of each category of
+# tool_calling/bfcl_single_turn.jsonl (so every kind of task, irrelevance rows included, is present).
+with open(CORPORA / "tool_calling/bfcl_single_turn.jsonl", encoding="utf-8") as f:
+    bfcl = [l for l in f if l.strip()]
+seen = {}
+with open(OUT / "bfcl_sample.jsonl", "w", encoding="utf-8") as f:
+    for l in bfcl:
+        cat = json.loads(l)["category"]
+        seen[cat] = seen.get(cat, 0) + 1
+        if (seen[cat] - 1) % 8 == 0:
+            f.write(l if l.endswith("\n") else l + "\n")
+
+# gsm_sample.jsonl: every 8th row of cot/gsm_symbolic.jsonl, unchanged.
+with open(CORPORA / "cot/gsm_symbolic.jsonl", encoding="utf-8") as f:
+    gsm = [l for l in f if l.strip()][::8]
+with open(OUT / "gsm_sample.jsonl", "w", encoding="utf-8") as f:
+    for l in gsm:
+        f.write(l if l.endswith("\n") else l + "\n")

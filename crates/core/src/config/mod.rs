@@ -6,11 +6,15 @@
 //! (syntax, unknown keys, wrong types, semantic checks such as a preset that does not exist or a batch
 //! size of 0) with file, line and field; see [`validate`].
 
+mod finetune;
 mod ingest;
 mod tokenize;
 mod train;
 pub mod validate;
 
+pub use finetune::{
+    CotDataConfig, FinetuneDataConfig, SftDataConfig, TaskEvalConfig, ToolcallDataConfig,
+};
 pub use ingest::{IngestConfig, OnError, SourceConfig, SourceFormat};
 pub use tokenize::{TokenizeConfig, TokenizerConfig};
 pub use train::{Schedule, TrainConfig};
@@ -47,6 +51,9 @@ pub struct PipelineConfig {
     pub toolcall: TrainConfig,
     #[serde(default = "TrainConfig::finetune_default")]
     pub cot: TrainConfig,
+    /// The fine-tuning stages' data sources and task-eval sizes (`[data.sft]`, …).
+    #[serde(default)]
+    pub data: FinetuneDataConfig,
     /// Directory relative paths in this config are resolved against (the config file's directory).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -192,5 +199,6 @@ impl PipelineConfig {
         ] {
             t.check(name, p);
         }
+        self.data.check(self, p);
     }
 }

@@ -4,11 +4,11 @@
 use candle_core::{Device, Tensor};
 use std::path::PathBuf;
 use tardbot_core::stage::{StageContext, StageError};
-use tardbot_tokenize::docs::Split;
-use tardbot_tokenize::loader::{Batch, Loader, LoaderConfig};
-use tardbot_tokenize::shard::TokenShard;
-use tardbot_tokenize::special_tokens::padded_vocab_size;
-use tardbot_tokenize::stage::shard_split;
+use tardbot_tokens::Split;
+use tardbot_tokens::loader::{Batch, Loader, LoaderConfig};
+use tardbot_tokens::shard::TokenShard;
+use tardbot_tokens::shard::shard_split;
+use tardbot_tokens::special_tokens::padded_vocab_size;
 use tardbot_train::TokenBatch;
 
 pub struct ShardSet {

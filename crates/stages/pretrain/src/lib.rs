@@ -7,7 +7,7 @@
 //! the newest complete checkpoint, so it sees exactly the batches an uninterrupted run would have.
 //!
 //! What it does not do: the optimizer, schedule and checkpoint mechanics (`tardbot-train`), the
-//! shard format and loader (`tardbot-tokenize`), or fine-tuning (the sft/toolcall/cot stages).
+//! shard format and loader (`tardbot-tokens`), or fine-tuning (the sft/toolcall/cot stages).
 
 mod data;
 
@@ -16,7 +16,7 @@ use std::path::Path;
 use std::time::Instant;
 use tardbot_core::PipelineConfig;
 use tardbot_core::stage::{Resources, Stage, StageContext, StageError, StageOutput};
-use tardbot_tokenize::loader::{Cursor, Loader, LoaderConfig};
+use tardbot_tokens::loader::{Cursor, Loader, LoaderConfig};
 use tardbot_train::checkpoint;
 use tardbot_train::{StepReport, TokenBatch, Trainer};
 use tracing::info;

@@ -6,18 +6,17 @@
 //! tree. It is looked for in `$TARDBOT_PEER_PYTHON`, then `.peer-venv/bin/python` in the current and
 //! parent directories, then `python3`; when none has `tokenizers`, that row is skipped with a message.
 
-use crate::error::{Result, TokenizeError, io_err};
-use crate::loader::{Batch, Loader, LoaderConfig};
-use crate::pack::pack;
-use crate::shard::{ShardMeta, TokenShard, write_shard};
-use crate::special_tokens::EOS_ID;
-use crate::train_tokenizer::{
-    LoadedTokenizer, TrainOptions, load_tokenizer, round_trip_mismatch, train_bpe,
-};
+use crate::train_tokenizer::{TrainOptions, train_bpe};
 use rayon::prelude::*;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+use tardbot_tokens::error::{Result, TokenizeError, io_err};
+use tardbot_tokens::loader::{Batch, Loader, LoaderConfig};
+use tardbot_tokens::pack::pack;
+use tardbot_tokens::shard::{ShardMeta, TokenShard, write_shard};
+use tardbot_tokens::special_tokens::EOS_ID;
+use tardbot_tokens::tokenizer::{LoadedTokenizer, load_tokenizer, round_trip_mismatch};
 
 /// Reads a plain-text corpus whose documents are separated by lines equal to `<|endoftext|>`.
 pub fn read_text_docs(path: &Path) -> Result<Vec<String>> {

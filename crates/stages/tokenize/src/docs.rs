@@ -3,30 +3,14 @@
 //! Columns used: `id`, `text` and `split` (`"train"` / `"val"`); `source` and `n_bytes` are ignored.
 //! Only those columns are decoded (projection), and only one record batch is held at a time.
 
-use crate::error::{Result, TokenizeError, io_err};
 use arrow::array::{Array, ArrayRef, AsArray};
 use arrow::datatypes::DataType;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-
-/// Which half of the data a document belongs to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Split {
-    Train,
-    Val,
-}
-
-impl Split {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Split::Train => "train",
-            Split::Val => "val",
-        }
-    }
-}
+use tardbot_tokens::Split;
+use tardbot_tokens::error::{Result, TokenizeError, io_err};
 
 /// One document.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -4,20 +4,22 @@
 //! - `tokenizer` stage → kind `tokenizer`: `tokenizer.json` (Hugging Face tokenizers format).
 //! - `tokenize` stage → kind `token-shard`, one per (input Parquet shard, split) that has documents:
 //!   directories `train/<NNNNN>-<stem>/` and `val/<NNNNN>-<stem>/`, each holding `tokens.bin` +
-//!   `index.idx` (layout in [`crate::shard`]); the split is the parent directory's name
+//!   `index.idx` (layout in [`tardbot_tokens::shard`]); the split is the parent directory's name
 //!   ([`shard_split`]).
 
-use crate::docs::{DocBatches, Split};
-use crate::error::{Result, TokenizeError, io_err};
-use crate::pack::{PackStats, pack};
-use crate::shard::{ShardMeta, ShardSummary, TokenShard, write_shard};
-use crate::special_tokens::EOS_ID;
-use crate::train_tokenizer::{LoadedTokenizer, TrainOptions, load_tokenizer, train_from_shards};
+use crate::docs::DocBatches;
+use crate::train_tokenizer::{TrainOptions, train_from_shards};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use tardbot_core::config::PipelineConfig;
 use tardbot_core::stage::{Resources, Stage, StageContext, StageError, StageOutput};
+use tardbot_tokens::Split;
+use tardbot_tokens::error::{Result, TokenizeError, io_err};
+use tardbot_tokens::pack::{PackStats, pack};
+use tardbot_tokens::shard::{ShardMeta, ShardSummary, TokenShard, write_shard};
+use tardbot_tokens::special_tokens::EOS_ID;
+use tardbot_tokens::tokenizer::{LoadedTokenizer, load_tokenizer};
 
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 pub const KIND_TOKENIZER: &str = "tokenizer";
@@ -234,15 +236,6 @@ impl Stage for TokenizeStage {
             }
         }
         Ok(output)
-    }
-}
-
-/// The split of a `token-shard` artifact, from its path (`…/train/<name>` or `…/val/<name>`).
-pub fn shard_split(path: &Path) -> Option<Split> {
-    match path.parent()?.file_name()?.to_str()? {
-        "train" => Some(Split::Train),
-        "val" => Some(Split::Val),
-        _ => None,
     }
 }
 

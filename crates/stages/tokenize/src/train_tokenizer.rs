@@ -3,7 +3,7 @@
 //! **Model.** GPT-2-style byte-level BPE: no normaliser, the `ByteLevel` pre-tokeniser (GPT-2 regex,
 //! no prefix space, so `decode(encode(text)) == text` for every UTF-8 string), a `ByteLevel` decoder,
 //! all 256 byte symbols in the initial alphabet (no unknown token can occur), and the special tokens of
-//! [`crate::special_tokens`] at ids `0..N_SPECIAL`.
+//! [`tardbot_tokens::special_tokens`] at ids `0..N_SPECIAL`.
 //!
 //! **Bounded memory.** The BPE trainer keeps one count per distinct pre-token (word), not the text, and
 //! the text is streamed from Parquet one record batch at a time. The amount of text is capped at
@@ -13,18 +13,19 @@
 //! once the cap is reached. Peak memory is therefore ~ the distinct-word table of the sample plus one
 //! record batch per thread.
 
-use crate::docs::{DocBatches, Split};
-use crate::error::{Result, TokenizeError, io_err};
-use crate::special_tokens::{N_SPECIAL, SPECIAL_TOKENS};
+use crate::docs::DocBatches;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use tardbot_tokens::Split;
+use tardbot_tokens::error::{Result, TokenizeError, io_err};
+use tardbot_tokens::special_tokens::SPECIAL_TOKENS;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
 use tokenizers::normalizers::NormalizerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::{AddedToken, Tokenizer, TokenizerBuilder};
+use tokenizers::{AddedToken, TokenizerBuilder};
 
 /// Settings of one training run.
 #[derive(Clone, Debug)]
@@ -47,56 +48,6 @@ pub struct TrainReport {
     pub sampled_bytes: u64,
     pub vocab_size: usize,
     pub seconds: f64,
-}
-
-/// A tokenizer loaded from `tokenizer.json`, with the hash every token shard carries.
-#[derive(Clone)]
-pub struct LoadedTokenizer {
-    pub tokenizer: Tokenizer,
-    /// Hex BLAKE3 of the `tokenizer.json` bytes (the same as its artifact hash in the ledger).
-    pub hash: String,
-    pub path: PathBuf,
-}
-
-impl std::fmt::Debug for LoadedTokenizer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoadedTokenizer")
-            .field("path", &self.path)
-            .field("hash", &self.hash)
-            .field("vocab_size", &self.vocab_size())
-            .finish()
-    }
-}
-
-impl LoadedTokenizer {
-    /// Vocabulary size including special tokens.
-    pub fn vocab_size(&self) -> usize {
-        self.tokenizer.get_vocab_size(true)
-    }
-
-    /// Encodes one text as plain text (special-token strings inside it are ordinary text), no EOS.
-    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        encode_text(&self.tokenizer, text).map_err(|message| TokenizeError::Tokenizer {
-            path: self.path.clone(),
-            message,
-        })
-    }
-
-    pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.tokenizer
-            .decode(ids, false)
-            .map_err(|e| TokenizeError::Tokenizer {
-                path: self.path.clone(),
-                message: format!("decode: {e}"),
-            })
-    }
-}
-
-/// Encodes a text without offsets tracking (the fast path); no special tokens are added.
-pub fn encode_text(tok: &Tokenizer, text: &str) -> Result<Vec<u32>, String> {
-    tok.encode_fast(text, false)
-        .map(|e| e.get_ids().to_vec())
-        .map_err(|e| format!("encode: {e}"))
 }
 
 /// An untrained tokenizer with TardBot's pipeline (pre-tokeniser, decoder, post-processor).
@@ -284,11 +235,11 @@ fn keep(seed: u64, id: &str, fraction: f64) -> bool {
     if fraction >= 1.0 {
         return true;
     }
-    let mut h = crate::rng::SplitMix64::new(seed ^ 0x746f_6b65_6e69_7a65);
+    let mut h = tardbot_tokens::rng::SplitMix64::new(seed ^ 0x746f_6b65_6e69_7a65);
     for chunk in id.as_bytes().chunks(8) {
         let mut b = [0u8; 8];
         b[..chunk.len()].copy_from_slice(chunk);
-        h = crate::rng::SplitMix64::new(h.next_u64() ^ u64::from_le_bytes(b));
+        h = tardbot_tokens::rng::SplitMix64::new(h.next_u64() ^ u64::from_le_bytes(b));
     }
     (h.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= fraction
 }
@@ -340,46 +291,4 @@ pub fn train_split_bytes_of(path: &Path) -> Result<u64> {
         }
     }
     Ok(total)
-}
-
-/// Loads `tokenizer.json`, checks that it carries TardBot's special tokens at their ids, hashes it, and
-/// switches off special-token matching inside text (data containing `<|endoftext|>` stays text).
-pub fn load_tokenizer(path: &Path) -> Result<LoadedTokenizer> {
-    let bytes = std::fs::read(path).map_err(io_err(path))?;
-    let hash = blake3::hash(&bytes).to_hex().to_string();
-    let mut tokenizer = Tokenizer::from_bytes(&bytes).map_err(|e| TokenizeError::Tokenizer {
-        path: path.to_path_buf(),
-        message: format!("not a tokenizers JSON file: {e}"),
-    })?;
-    for (i, (_, text)) in SPECIAL_TOKENS.iter().enumerate() {
-        if tokenizer.token_to_id(text) != Some(i as u32) {
-            return Err(TokenizeError::Tokenizer {
-                path: path.to_path_buf(),
-                message: format!(
-                    "special token {text} should have id {i} (TardBot's {N_SPECIAL} special tokens come first); \
-                     train the tokenizer with the tokenizer stage"
-                ),
-            });
-        }
-    }
-    tokenizer.set_encode_special_tokens(true);
-    Ok(LoadedTokenizer {
-        tokenizer,
-        hash,
-        path: path.to_path_buf(),
-    })
-}
-
-/// Byte offset of the first difference between `decode(encode(text))` and `text`, or `None` when equal.
-pub fn round_trip_mismatch(tok: &LoadedTokenizer, text: &str) -> Result<Option<usize>> {
-    let back = tok.decode(&tok.encode(text)?)?;
-    if back == text {
-        return Ok(None);
-    }
-    let at = back
-        .bytes()
-        .zip(text.bytes())
-        .position(|(a, b)| a != b)
-        .unwrap_or(back.len().min(text.len()));
-    Ok(Some(at))
 }

@@ -10,14 +10,17 @@ use std::sync::Arc;
 use tardbot_core::config::PipelineConfig;
 use tardbot_core::stage::{CancelToken, Stage, StageContext, StageError, StageOutput};
 use tardbot_ledger::{Artifact, AttemptStatus, Ledger, MetricsWriter, NewRun};
-use tardbot_tokenize::chat::{Conversation, Message, Role, render_chat, write_chat_shard};
-use tardbot_tokenize::docs::{Doc, Split, write_parquet_shard};
-use tardbot_tokenize::loader::{Cursor, Loader, LoaderConfig};
-use tardbot_tokenize::shard::{PAD_DOC, TokenShard};
-use tardbot_tokenize::special_tokens::{N_SPECIAL, SPECIAL_TOKENS, Special, padded_vocab_size};
-use tardbot_tokenize::stage::{KIND_TOKEN_SHARD, KIND_TOKENIZER, shard_split};
-use tardbot_tokenize::train_tokenizer::{LoadedTokenizer, load_tokenizer, round_trip_mismatch};
-use tardbot_tokenize::{TokenizeError, TokenizeStage, TokenizerStage};
+use tardbot_tokenize::docs::{Doc, write_parquet_shard};
+use tardbot_tokenize::stage::{KIND_TOKEN_SHARD, KIND_TOKENIZER};
+use tardbot_tokenize::{TokenizeStage, TokenizerStage};
+use tardbot_tokens::Split;
+use tardbot_tokens::TokenizeError;
+use tardbot_tokens::chat::{Conversation, Message, Role, render_chat, write_chat_shard};
+use tardbot_tokens::loader::{Cursor, Loader, LoaderConfig};
+use tardbot_tokens::shard::shard_split;
+use tardbot_tokens::shard::{PAD_DOC, TokenShard};
+use tardbot_tokens::special_tokens::{N_SPECIAL, SPECIAL_TOKENS, Special, padded_vocab_size};
+use tardbot_tokens::tokenizer::{LoadedTokenizer, load_tokenizer, round_trip_mismatch};
 
 // ---------------------------------------------------------------- harness
 

@@ -628,6 +628,32 @@ impl TokenShard {
     }
 }
 
+/// Which half of the data a document belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    Train,
+    Val,
+}
+
+impl Split {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Val => "val",
+        }
+    }
+}
+
+/// The split of a `token-shard` artifact, from its path (`…/train/<name>` or `…/val/<name>`).
+pub fn shard_split(path: &Path) -> Option<Split> {
+    match path.parent()?.file_name()?.to_str()? {
+        "train" => Some(Split::Train),
+        "val" => Some(Split::Val),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,7 @@
 //! They take the first ids of the vocabulary, in the order of [`SPECIAL_TOKENS`], so that
 //! `Special::Eos.id() == 0` for every tokenizer this crate trains (checked when a tokenizer is loaded).
 //! Literal occurrences of these strings inside *data* are encoded as ordinary text (see
-//! [`crate::train_tokenizer::load_tokenizer`]); only the chat template and the packer emit the ids.
+//! [`crate::tokenizer::load_tokenizer`]); only the chat template and the packer emit the ids.
 
 /// One special token's role.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -21,7 +21,7 @@ use crate::error::{Result, TokenizeError};
 use crate::pack::pack;
 use crate::shard::{ShardMeta, ShardSummary, write_shard};
 use crate::special_tokens::Special;
-use crate::train_tokenizer::LoadedTokenizer;
+use crate::tokenizer::LoadedTokenizer;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 

@@ -54,7 +54,7 @@ pub enum TokenizeError {
 pub type Result<T, E = TokenizeError> = std::result::Result<T, E>;
 
 /// Attaches a path to an `io::Error`.
-pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> TokenizeError {
+pub fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> TokenizeError {
     let path = path.into();
     move |source| TokenizeError::Io { path, source }
 }

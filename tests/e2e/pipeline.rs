@@ -1,6 +1,8 @@
 //! The shipped stages end to end with the real binary on the bundled sample (`data/sample`):
-//! ingest → tokenizer → tokenize → pretrain. Loss falls; a run killed with SIGKILL mid-training and
-//! resumed ends with the same per-step losses and bit-identical weights as an uninterrupted one.
+//! ingest → tokenizer → tokenize → pretrain → sft → toolcall → cot. Loss falls; every fine-tuning
+//! stage records its evals before and after; a run killed with SIGKILL in the middle of each training
+//! stage in turn and resumed each time ends with the same per-step losses and bit-identical weights,
+//! stage by stage, as an uninterrupted one.
 
 use crate::support::{ledger_path, wait_until, with_ledger};
 use std::path::{Path, PathBuf};
@@ -9,6 +11,8 @@ use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tardbot-pipeline");
 const STEPS: u64 = 60;
+const FINETUNE_STEPS: u64 = 12;
+const TRAINING: [&str; 4] = ["pretrain", "sft", "toolcall", "cot"];
 
 fn sample(file: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -27,6 +31,7 @@ threads = 2
 
 [model]
 preset = "micro"
+overrides = {{ max_seq_len = 1024 }}
 
 [ingest]
 validation_fraction = 0.1
@@ -61,9 +66,57 @@ checkpoint_every = 10
 keep_checkpoints = 3
 eval_every = 20
 eval_batches = 2
+
+[sft]
+steps = {FINETUNE_STEPS}
+batch_size = 4
+seq_len = 96
+lr = 3e-3
+warmup_steps = 2
+checkpoint_every = 4
+keep_checkpoints = 3
+eval_every = 6
+eval_batches = 2
+
+[data.sft]
+glossary = "{jargon}"
+per_kind = 20
+eval = {{ examples = 4, max_new_tokens = 8 }}
+
+[toolcall]
+steps = {FINETUNE_STEPS}
+batch_size = 2
+seq_len = 1024
+lr = 3e-3
+warmup_steps = 2
+checkpoint_every = 4
+keep_checkpoints = 3
+eval_every = 6
+eval_batches = 2
+
+[data.toolcall]
+generated = 60
+eval = {{ examples = 4, max_new_tokens = 16 }}
+
+[cot]
+steps = {FINETUNE_STEPS}
+batch_size = 2
+seq_len = 512
+lr = 3e-3
+warmup_steps = 2
+checkpoint_every = 4
+keep_checkpoints = 3
+eval_every = 6
+eval_batches = 2
+
+[data.cot]
+problems = "{gsm}"
+limit = 120
+eval = {{ examples = 4, max_new_tokens = 16 }}
 "#,
         prose = sample("prose.txt").display(),
         jargon = sample("jargon.jsonl").display(),
+        gsm = sample("gsm_sample.jsonl").display(),
     );
     std::fs::write(dir.join("pipeline.toml"), toml).unwrap();
 }
@@ -87,8 +140,8 @@ fn run_ok(dir: &Path, args: &[&str]) {
     );
 }
 
-/// (step, loss bits) of the pretrain stage of run-1, over all its attempts.
-fn pretrain_losses(dir: &Path) -> Vec<(i64, u64)> {
+/// (step, loss bits) of a training stage of run-1, over all its attempts.
+fn losses(dir: &Path, stage: &str) -> Vec<(i64, u64)> {
     with_ledger(dir, async |l| {
         let run = l.run("run-1").await.unwrap();
         let mut losses = Vec::new();
@@ -97,7 +150,7 @@ fn pretrain_losses(dir: &Path) -> Vec<(i64, u64)> {
             .await
             .unwrap()
             .into_iter()
-            .filter(|a| a.stage == "pretrain")
+            .filter(|a| a.stage == stage)
         {
             for (step, v) in l.metric_series(a.id, "loss").await.unwrap() {
                 losses.push((step, v.expect("finite loss").to_bits()));
@@ -109,22 +162,45 @@ fn pretrain_losses(dir: &Path) -> Vec<(i64, u64)> {
     })
 }
 
-fn final_weights(dir: &Path) -> Vec<u8> {
-    std::fs::read(dir.join("work/runs/run-1/stages/pretrain/out/model.safetensors")).unwrap()
+fn final_weights(dir: &Path, stage: &str) -> Vec<u8> {
+    std::fs::read(dir.join(format!(
+        "work/runs/run-1/stages/{stage}/out/model.safetensors"
+    )))
+    .unwrap()
 }
 
-fn newest_checkpoint(dir: &Path) -> i64 {
+fn newest_checkpoint(dir: &Path, stage: &str) -> i64 {
     if !ledger_path(dir).exists() {
         return 0;
     }
     with_ledger(dir, async |l| match l.run("run-1").await {
         Ok(run) => l
-            .checkpoints(run.id, "pretrain")
+            .checkpoints(run.id, stage)
             .await
             .unwrap()
             .first()
             .map_or(0, |c| c.step),
         Err(_) => 0,
+    })
+}
+
+/// (suite, metric, step) of every eval a stage recorded in run-1.
+fn evals(dir: &Path, stage: &str) -> Vec<(String, String, i64)> {
+    with_ledger(dir, async |l| {
+        let run = l.run("run-1").await.unwrap();
+        let mut out = Vec::new();
+        for (suite, metric) in [
+            ("val", "loss"),
+            ("sft", "exact_match"),
+            ("toolcall", "valid_json_rate"),
+            ("toolcall", "final_answer_accuracy"),
+            ("cot", "answer_accuracy"),
+        ] {
+            for (step, _) in l.eval_series(run.id, stage, suite, metric).await.unwrap() {
+                out.push((suite.to_string(), metric.to_string(), step));
+            }
+        }
+        out
     })
 }
 
@@ -134,7 +210,7 @@ fn run_all_trains_and_a_sigkilled_run_resumes_bit_exactly() {
     let a = tempfile::tempdir().unwrap();
     write_config(a.path());
     run_ok(a.path(), &["run", "all"]);
-    let losses_a = pretrain_losses(a.path());
+    let losses_a = losses(a.path(), "pretrain");
     assert_eq!(losses_a.len() as u64, STEPS, "one loss per step");
     let first = f64::from_bits(losses_a[0].1);
     let last = f64::from_bits(losses_a[losses_a.len() - 1].1);
@@ -155,37 +231,85 @@ fn run_all_trains_and_a_sigkilled_run_resumes_bit_exactly() {
         val.len() >= 2 && val[val.len() - 1] < val[0],
         "validation loss must fall: {val:?}"
     );
+    // Each fine-tuning stage: a loss per step, held-out loss and its task eval before (step 0) and
+    // after (the last step), and a lower held-out loss after than before.
+    for (stage, task) in [
+        ("sft", ("sft", "exact_match")),
+        ("toolcall", ("toolcall", "final_answer_accuracy")),
+        ("cot", ("cot", "answer_accuracy")),
+    ] {
+        assert_eq!(
+            losses(a.path(), stage).len() as u64,
+            FINETUNE_STEPS,
+            "{stage}"
+        );
+        let e = evals(a.path(), stage);
+        for step in [0, FINETUNE_STEPS as i64] {
+            for (suite, metric) in [("val", "loss"), task] {
+                assert!(
+                    e.contains(&(suite.to_string(), metric.to_string(), step)),
+                    "{stage}: no {suite}/{metric} eval at step {step}: {e:?}"
+                );
+            }
+        }
+        let val: Vec<f64> = with_ledger(a.path(), async |l| {
+            let run = l.run("run-1").await.unwrap();
+            l.eval_series(run.id, stage, "val", "loss")
+                .await
+                .unwrap()
+                .into_iter()
+                .filter_map(|(_, v)| v)
+                .collect()
+        });
+        assert!(
+            val[val.len() - 1] < val[0],
+            "{stage}: held-out loss must fall: {val:?}"
+        );
+    }
 
-    // Killed mid-training, then resumed.
+    // Killed in the middle of each training stage in turn, resumed each time.
     let b = tempfile::tempdir().unwrap();
     write_config(b.path());
-    let mut child = cmd(b.path(), &["run", "all"]).spawn().unwrap();
-    wait_until(Duration::from_secs(300), "a pretrain checkpoint", || {
-        newest_checkpoint(b.path()) >= 20
-    });
-    child.kill().unwrap();
-    child.wait().unwrap();
+    for (i, stage) in TRAINING.iter().enumerate() {
+        let args: &[&str] = if i == 0 {
+            &["run", "all"]
+        } else {
+            &["resume", "run-1"]
+        };
+        let mut child = cmd(b.path(), args).spawn().unwrap();
+        let at = if *stage == "pretrain" { 20 } else { 4 };
+        wait_until(
+            Duration::from_secs(300),
+            &format!("a {stage} checkpoint"),
+            || newest_checkpoint(b.path(), stage) >= at,
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
     run_ok(b.path(), &["resume", "run-1"]);
-    let losses_b = pretrain_losses(b.path());
-    assert_eq!(
-        losses_b, losses_a,
-        "per-step losses of the resumed run differ from the uninterrupted run"
-    );
-    assert!(
-        final_weights(b.path()) == final_weights(a.path()),
-        "final weights are not bit-identical"
-    );
+    for stage in TRAINING {
+        assert_eq!(
+            losses(b.path(), stage),
+            losses(a.path(), stage),
+            "{stage}: per-step losses of the resumed run differ from the uninterrupted run"
+        );
+        assert!(
+            final_weights(b.path(), stage) == final_weights(a.path(), stage),
+            "{stage}: final weights are not bit-identical"
+        );
+    }
     with_ledger(b.path(), async |l| {
         let run = l.run("run-1").await.unwrap();
-        let pre: Vec<_> = l
-            .attempts(run.id)
-            .await
-            .unwrap()
-            .into_iter()
-            .filter(|a| a.stage == "pretrain")
-            .collect();
+        let attempts = l.attempts(run.id).await.unwrap();
+        let pre: Vec<_> = attempts.iter().filter(|a| a.stage == "pretrain").collect();
         assert_eq!(pre.len(), 2);
         assert!(pre[1].resumed_from.is_some());
+        assert!(
+            attempts
+                .iter()
+                .any(|a| a.stage != "pretrain" && a.resumed_from.is_some()),
+            "no fine-tuning stage was resumed from a checkpoint"
+        );
         assert_eq!(l.integrity_check().await.unwrap(), "ok");
     });
 }

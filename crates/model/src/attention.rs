@@ -256,11 +256,13 @@ impl Attention {
         let tk = k.dim(2)?;
         let (g, rep) = (self.n_kv_heads, self.n_heads / self.n_kv_heads);
         let q = q.contiguous()?.reshape((b, g, rep * tq, hd))?;
-        let s = q
-            .matmul(&k.t()?)?
-            .reshape((b, g, rep, tq, tk))?
-            .broadcast_add(mask)?;
-        let p = softmax(&s, fused)?.reshape((b, g, rep * tq, tk))?;
+        let s = q.matmul(&k.t()?)?.reshape((b, g, rep, tq, tk))?;
+        let p = if !fused && crate::fused::cpu_float(&s) {
+            crate::fused::masked_softmax(&s, mask)?
+        } else {
+            softmax(&s.broadcast_add(mask)?, fused)?
+        };
+        let p = p.reshape((b, g, rep * tq, tk))?;
         Ok(p.matmul(v)?.reshape((b, self.n_heads, tq, hd))?)
     }
 
@@ -274,6 +276,7 @@ impl Attention {
 
     /// Full-sequence forward of the normalised input `x` (batch, seq, hidden).
     pub fn forward(&self, x: &Tensor, ctx: &AttnCtx) -> Result<Tensor> {
+        let _span = crate::profile::Span::start(crate::profile::Counter::AttentionForward);
         let (q, k, v) = self.qkv(x, &ctx.cos, &ctx.sin, ctx.fused)?;
         let mut outs = Vec::with_capacity(ctx.blocks.len());
         for blk in &ctx.blocks {

@@ -30,12 +30,14 @@
 pub mod attention;
 pub mod bench;
 pub mod error;
+pub mod fused;
 pub mod generate;
 pub mod io;
 pub mod mlp;
 pub mod model;
 pub mod moe;
 pub mod ops;
+pub mod profile;
 pub mod rng;
 
 pub use attention::{AttnCtx, LayerKvCache};

@@ -36,8 +36,14 @@ impl SwiGlu {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let g = self.gate.forward(x)?.silu()?;
-        self.down.forward(&(g * self.up.forward(x)?)?)
+        let g = self.gate.forward(x)?;
+        let u = self.up.forward(x)?;
+        let h = if crate::fused::cpu_float(&g) && !self.gate.is_quantized() {
+            crate::fused::swiglu(&g, &u)?
+        } else {
+            (g.silu()? * u)?
+        };
+        self.down.forward(&h)
     }
 
     pub fn quantized(&self) -> Result<Self> {

@@ -272,7 +272,8 @@ impl TardBot {
         })
     }
 
-    fn check_ids(&self, ids: &Tensor) -> Result<(usize, usize)> {
+    /// Checks `ids` (batch, seq) u32 within the vocabulary; returns (batch, seq).
+    pub fn check_ids(&self, ids: &Tensor) -> Result<(usize, usize)> {
         let (b, t) = ids.dims2().map_err(|_| {
             ModelError::Input(format!("ids must be (batch, seq), got {:?}", ids.shape()))
         })?;
@@ -451,8 +452,12 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor, mask: Option<&Tensor>) -
         DType::F32
     };
     let l = logits.reshape((b * t, v))?.to_dtype(dt)?;
-    let tgt = l.gather(&targets.reshape((b * t, 1))?, D::Minus1)?;
-    let nll = (logsumexp(&l)? - tgt)?.flatten_all()?;
+    let nll = if crate::fused::cpu_float(&l) {
+        crate::fused::cross_entropy_rows(&l, targets.flatten_all()?.to_vec1::<u32>()?)?
+    } else {
+        let tgt = l.gather(&targets.reshape((b * t, 1))?, D::Minus1)?;
+        (logsumexp(&l)? - tgt)?.flatten_all()?
+    };
     match mask {
         None => Ok(nll.mean_all()?),
         Some(m) => {

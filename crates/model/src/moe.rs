@@ -59,6 +59,7 @@ impl Moe {
 
     /// `x` (batch, seq, hidden) → (output of the same shape, stats).
     pub fn forward(&self, x: &Tensor, fused: bool) -> Result<(Tensor, MoeStats)> {
+        let mut span = crate::profile::Span::start(crate::profile::Counter::MoeDispatchForward);
         let (b, t, h) = x.dims3()?;
         let n = b * t;
         let e = self.experts.len();
@@ -108,7 +109,14 @@ impl Moe {
             }
             let ids = Tensor::new(tokens[ex].as_slice(), dev)?;
             let sl = Tensor::new(slots[ex].as_slice(), dev)?;
-            let y = expert.forward(&xf.index_select(&ids, 0)?)?;
+            let rows_in = xf.index_select(&ids, 0)?;
+            span.pause();
+            let y = {
+                let _experts =
+                    crate::profile::Span::start(crate::profile::Counter::MoeExpertsForward);
+                expert.forward(&rows_in)?
+            };
+            span.resume();
             let w = top.index_select(&sl, 0)?.unsqueeze(1)?;
             outs.push(y.broadcast_mul(&w)?);
             rows.extend_from_slice(&tokens[ex]);

@@ -12,6 +12,9 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, fused: bool) -> Result<Tensor>
     if fused {
         return Ok(candle_nn::ops::rms_norm(x, w, eps as f32)?);
     }
+    if crate::fused::cpu_float(x) {
+        return Ok(crate::fused::rms_norm(x, w, eps)?);
+    }
     let r = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
     Ok(x.broadcast_mul(&r)?.broadcast_mul(w)?)
 }
@@ -64,6 +67,14 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, fused: bool) -> Result<Tenso
     if fused {
         return Ok(candle_nn::rotary_emb::rope_i(&x.contiguous()?, cos, sin)?);
     }
+    if crate::fused::cpu_float(x) {
+        return Ok(crate::fused::rope(x, cos, sin)?);
+    }
+    rope_composed(x, cos, sin)
+}
+
+/// [`rope`] as a composition of differentiable candle ops (any device).
+pub(crate) fn rope_composed(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let (b, h, t, d) = x.dims4()?;
     let x = x.reshape((b, h, t, d / 2, 2))?;
     let x1 = x.narrow(4, 0, 1)?;
@@ -119,6 +130,7 @@ impl Linear {
                 let dt = x2.dtype();
                 q.forward(&x2.to_dtype(DType::F32)?)?.to_dtype(dt)?
             }
+            None if x2.device().is_cpu() => crate::fused::linear(&x2, &self.weight)?,
             None => x2.matmul(&self.weight.t()?)?,
         };
         let mut out = dims;
@@ -238,6 +250,55 @@ mod bench_tests {
                 eprintln!(
                     "{o}x{i} m={m} {name}: {:.1} us",
                     t.elapsed().as_secs_f64() * 1e6 / n as f64
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod matmul_speed {
+    use candle_core::{Device, Tensor};
+
+    /// `cargo test --release --workspace -- --ignored --nocapture matmul_shapes_speed`
+    #[test]
+    #[ignore = "timing"]
+    fn matmul_shapes_speed() {
+        let dev = Device::Cpu;
+        for (m, k, n) in [
+            (1024, 128, 512),
+            (1024, 512, 128),
+            (2048, 128, 4096),
+            (1024, 448, 1792),
+        ] {
+            let x = Tensor::randn(0f32, 1., (m, k), &dev).unwrap();
+            let w = Tensor::randn(0f32, 1., (n, k), &dev).unwrap();
+            let g = Tensor::randn(0f32, 1., (m, n), &dev).unwrap();
+            type Case<'a> = (&'a str, Box<dyn Fn() -> Tensor + 'a>);
+            let cases: [Case; 4] = [
+                (
+                    "x·Wᵀ (W.t view)",
+                    Box::new(|| x.matmul(&w.t().unwrap()).unwrap()),
+                ),
+                (
+                    "x·Wᵀ (W transposed copy)",
+                    Box::new(|| x.matmul(&w.t().unwrap().contiguous().unwrap()).unwrap()),
+                ),
+                ("g·W", Box::new(|| g.matmul(&w).unwrap())),
+                ("gᵀ·x", Box::new(|| g.t().unwrap().matmul(&x).unwrap())),
+            ];
+            for (name, f) in cases.iter() {
+                f();
+                let t = std::time::Instant::now();
+                let reps = 10;
+                for _ in 0..reps {
+                    f();
+                }
+                let s = t.elapsed().as_secs_f64() / reps as f64;
+                eprintln!(
+                    "{m}x{k}x{n} {name}: {:.2} ms, {:.1} GFLOP/s",
+                    s * 1e3,
+                    2.0 * (m * k * n) as f64 / s / 1e9
                 );
             }
         }

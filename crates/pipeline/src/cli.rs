@@ -3,7 +3,7 @@
 use crate::orchestrator::{Orchestrator, RunOptions, error_chain};
 use crate::registry::Registry;
 use crate::workspace::Workspace;
-use crate::{bench, logging, report};
+use crate::{bench, inference, logging, report};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
@@ -41,6 +41,10 @@ pub enum Command {
         /// Serve live Prometheus metrics of the run on this address (e.g. 127.0.0.1:9464).
         #[arg(long, value_name = "ADDR")]
         metrics_addr: Option<SocketAddr>,
+        /// Ingest only shard I of N of the input files (0-based, e.g. `--shard 0/4`); the shards'
+        /// manifests merge.
+        #[arg(long, value_name = "I/N")]
+        shard: Option<String>,
     },
     /// Continue an interrupted or failed run from where it stopped, with its recorded config.
     Resume {
@@ -70,11 +74,79 @@ pub enum Command {
     },
     /// Check a pipeline file; every problem is reported with file, line and field.
     Validate { file: Option<PathBuf> },
+    /// Answer one prompt with a run's model (default: its newest finished training stage), streaming.
+    Generate {
+        run: String,
+        #[arg(long)]
+        prompt: String,
+        #[command(flatten)]
+        opts: GenerateArgs,
+    },
+    /// Talk to a run's model turn by turn (stdin; /reset, /quit).
+    Chat {
+        run: String,
+        #[command(flatten)]
+        opts: GenerateArgs,
+    },
+    /// Score a run's model on a file with a stage's task eval; prints and records the figures.
+    Eval {
+        run: String,
+        #[arg(long, value_enum)]
+        suite: inference::Suite,
+        /// Example JSONL (a stage's examples/val.jsonl), or the suite's source format (BFCL rows for
+        /// toolcall, GSM rows for cot).
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Which stage's model (default: the newest finished training stage).
+        #[arg(long)]
+        stage: Option<String>,
+        #[arg(long, default_value_t = 128)]
+        max_new_tokens: usize,
+    },
     /// Run a benchmark; prints a table, then one JSON line of figures.
     Bench {
         #[command(subcommand)]
         what: BenchWhat,
     },
+}
+
+/// Sampling options of `generate` and `chat`.
+#[derive(clap::Args, Debug)]
+pub struct GenerateArgs {
+    /// Which stage's model (default: the newest finished training stage).
+    #[arg(long)]
+    pub stage: Option<String>,
+    #[arg(long, default_value_t = 256)]
+    pub max_new_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.7)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 50)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// A system turn before the conversation.
+    #[arg(long)]
+    pub system: Option<String>,
+}
+
+impl GenerateArgs {
+    fn options(&self) -> inference::GenerateOptions {
+        inference::GenerateOptions {
+            max_new_tokens: self.max_new_tokens,
+            sampling: tardbot_model::SamplingParams {
+                temperature: self.temperature,
+                top_k: self.top_k,
+                top_p: self.top_p,
+                seed: self.seed,
+            },
+            system: self.system.clone(),
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -105,6 +177,40 @@ pub enum BenchWhat {
         prompt_tokens: usize,
         #[arg(long, default_value_t = 64)]
         new_tokens: usize,
+    },
+    /// Training steps (forward, backward, AdamW) on random tokens, fp32 CPU: tokens/s, MFU, time per
+    /// phase, peak RSS; with `--peer PYTHON`, the PyTorch peer (`torch_ref.py`) with the same shapes
+    /// back to back and the ratio ours / PyTorch.
+    Train {
+        #[arg(long, default_value = "tiny")]
+        preset: String,
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        #[arg(long, default_value_t = 256)]
+        seq: usize,
+        /// Timed steps.
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        /// Untimed steps before them.
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        /// Segmented backward (activation checkpointing).
+        #[arg(long)]
+        checkpointing: bool,
+        /// Rayon threads (default: the global pool, RAYON_NUM_THREADS or one per core).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// fp32 peak for the MFU, GFLOP/s (default: the measured FMA peak of the 2-core dev machine).
+        #[arg(long, default_value_t = tardbot_train::bench::DEFAULT_PEAK_GFLOPS)]
+        peak_gflops: f64,
+        /// Python with torch: also run the PyTorch peer with the same shapes and print the ratio.
+        #[arg(long)]
+        peer: Option<PathBuf>,
+        #[arg(long, default_value = "../shared/bench/torch_ref.py")]
+        peer_script: PathBuf,
+        /// Also measure peak RSS of one step with and without activation checkpointing.
+        #[arg(long)]
+        memory: bool,
     },
 }
 
@@ -189,10 +295,23 @@ async fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<u8> {
             targets,
             force,
             metrics_addr,
+            shard,
         } => {
             let (config, text) = match load_config(&cli.config) {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
+            };
+            let (config, text) = match shard {
+                None => (config, text),
+                Some(s) => {
+                    match tardbot_ingest::with_shard(&s, &text, &cli.config, &config.base_dir) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            eprintln!("error: --shard {s}: {e}");
+                            return Ok(2);
+                        }
+                    }
+                }
             };
             let ws = Workspace::new(
                 cli.workspace
@@ -265,6 +384,43 @@ async fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<u8> {
                 },
             };
             print!("{}", report::status(&ledger, &ws, &run).await?);
+            Ok(0)
+        }
+        Command::Generate { run, prompt, opts } => {
+            let ws = match workspace(&cli.workspace, &cli.config) {
+                Ok(ws) => ws,
+                Err(code) => return Ok(code),
+            };
+            let (ledger, run) = inference::open_run(&ws, &run).await?;
+            let m = inference::load_run_model(&ledger, &run, opts.stage.as_deref()).await?;
+            inference::generate(&m, &prompt, &opts.options())?;
+            Ok(0)
+        }
+        Command::Chat { run, opts } => {
+            let ws = match workspace(&cli.workspace, &cli.config) {
+                Ok(ws) => ws,
+                Err(code) => return Ok(code),
+            };
+            let (ledger, run) = inference::open_run(&ws, &run).await?;
+            let m = inference::load_run_model(&ledger, &run, opts.stage.as_deref()).await?;
+            inference::chat(&m, &opts.options())?;
+            Ok(0)
+        }
+        Command::Eval {
+            run,
+            suite,
+            data,
+            limit,
+            stage,
+            max_new_tokens,
+        } => {
+            let ws = match workspace(&cli.workspace, &cli.config) {
+                Ok(ws) => ws,
+                Err(code) => return Ok(code),
+            };
+            let (ledger, run) = inference::open_run(&ws, &run).await?;
+            let m = inference::load_run_model(&ledger, &run, stage.as_deref()).await?;
+            inference::eval(&ledger, &run, &m, suite, &data, limit, max_new_tokens).await?;
             Ok(0)
         }
         Command::Runs => {
@@ -345,6 +501,36 @@ async fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<u8> {
                     tokio::task::spawn_blocking(move || tardbot_model::bench_generate(&opts))
                         .await??
                 }
+                BenchWhat::Train {
+                    preset,
+                    batch,
+                    seq,
+                    steps,
+                    warmup,
+                    checkpointing,
+                    threads,
+                    peak_gflops,
+                    peer,
+                    peer_script,
+                    memory,
+                } => bench::train(bench::TrainBenchArgs {
+                    opts: tardbot_train::BenchTrainOptions {
+                        preset,
+                        batch,
+                        seq,
+                        steps,
+                        warmup,
+                        activation_checkpointing: checkpointing,
+                        threads,
+                        peak_gflops,
+                        seed: 0,
+                    },
+                    peer_python: peer,
+                    peer_script,
+                    memory,
+                })
+                .await
+                .context("training benchmark")?,
             };
             bench::emit(&figures);
             Ok(0)

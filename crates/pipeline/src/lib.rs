@@ -5,6 +5,7 @@
 //!   budget, atomic publication of outputs, heartbeats, Ctrl-C at a safe point, resume.
 //! - [`lock`]: the run lock that keeps two processes from driving one run.
 //! - [`report`]: `status` and `runs` tables.
+//! - [`inference`]: `generate`, `chat` and `eval` on the model a run produced.
 //! - [`bench`]: `tardbot-pipeline bench WHAT`, the one home of every benchmark.
 //! - [`cli`]: argument parsing and the commands.
 //!
@@ -14,6 +15,7 @@
 pub mod bench;
 pub mod cli;
 pub mod dag;
+pub mod inference;
 pub mod lock;
 pub mod logging;
 pub mod orchestrator;

@@ -11,16 +11,24 @@
 //!   clipping), evaluation loss, and exact save/restore of weights + optimizer + step + the stage's
 //!   own state (its data-loader cursor).
 //!
-//! What it does not do (yet): segmented backward (activation checkpointing), mixed precision and the
-//! expert store — those arrive with the training-engine and expert-store issues. Data loading belongs
-//! to the stages.
+//!   With `activation_checkpointing` the backward is segmented: the forward keeps only each block's
+//!   input, the backward recomputes one block at a time (tested equal to the whole-graph gradients).
+//! - [`bench`]: `tardbot-pipeline bench train` — tokens/s, MFU, time per phase, peak RSS.
+//!
+//! What it does not do (yet): mixed precision and the expert store — those arrive with the
+//! training-engine and expert-store issues. Data loading belongs to the stages.
 
+pub mod batch;
+pub mod bench;
 pub mod checkpoint;
 pub mod optim;
 pub mod schedule;
+pub mod stage_loop;
 pub mod trainer;
 
+pub use batch::{batch_tensors, fixed_batches};
+pub use bench::{BenchTrainOptions, bench_train};
 pub use checkpoint::{CheckpointDir, CheckpointError};
 pub use optim::{AdamW, AdamWConfig, OptimError};
 pub use schedule::LrSchedule;
-pub use trainer::{StepReport, TokenBatch, TrainError, Trainer};
+pub use trainer::{StepReport, StepTimings, TokenBatch, TrainError, Trainer};

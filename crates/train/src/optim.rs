@@ -7,6 +7,7 @@
 
 use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, DType, InplaceOp2, Layout, Var};
+use rayon::prelude::*;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -22,6 +23,9 @@ pub enum OptimError {
 }
 
 pub type Result<T> = std::result::Result<T, OptimError>;
+
+/// Elements per parallel task of the optimizer's passes.
+const CHUNK: usize = 1 << 16;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamWConfig {
@@ -106,8 +110,23 @@ impl AdamW {
         let mut sum = 0f64;
         for p in &self.params {
             if let Some(g) = grads.get(p.var.as_tensor()) {
-                let g = g.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-                sum += g.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>();
+                let g = g.to_dtype(DType::F32)?.contiguous()?;
+                let (st, layout) = g.storage_and_layout();
+                let (candle_core::Storage::Cpu(CpuStorage::F32(data)), Some((a, b))) =
+                    (&*st, layout.contiguous_offsets())
+                else {
+                    return Err(OptimError::Param {
+                        name: p.name.clone(),
+                        what: "gradient is not a contiguous f32 CPU tensor".into(),
+                    });
+                };
+                // Fixed chunks, partial sums added in order: the same value whatever the
+                // thread count (exact resume relies on it).
+                let partial: Vec<f64> = data[a..b]
+                    .par_chunks(CHUNK)
+                    .map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
+                    .collect();
+                sum += partial.iter().sum::<f64>();
             }
         }
         Ok(sum.sqrt())
@@ -117,6 +136,18 @@ impl AdamW {
     /// norm is at most `clip`. Returns the norm before clipping.
     pub fn step(&mut self, grads: &GradStore, lr: f64, clip: f64) -> Result<f64> {
         let norm = self.grad_norm(grads)?;
+        self.step_with_norm(grads, norm, lr, clip)?;
+        Ok(norm)
+    }
+
+    /// [`AdamW::step`] with the global gradient norm already computed by [`AdamW::grad_norm`].
+    pub fn step_with_norm(
+        &mut self,
+        grads: &GradStore,
+        norm: f64,
+        lr: f64,
+        clip: f64,
+    ) -> Result<()> {
         let scale = if clip > 0.0 && norm > clip {
             clip / norm
         } else {
@@ -153,7 +184,7 @@ impl AdamW {
                     what: e.to_string(),
                 })?;
         }
-        Ok(norm)
+        Ok(())
     }
 
     /// Writes the moments and the step count (safetensors: `m.<name>`, `v.<name>`; metadata `t`).
@@ -270,18 +301,23 @@ impl InplaceOp2 for AdamWUpdate<'_> {
             candle_core::bail!("adamw-update: parameter, gradient and moments differ in size")
         }
         let step = self.lr / self.bias1;
-        for (((p, &g), m), v) in param
-            .iter_mut()
-            .zip(grad)
-            .zip(m.iter_mut())
-            .zip(v.iter_mut())
-        {
-            let g = g * self.grad_scale;
-            *m = self.beta1 * *m + (1.0 - self.beta1) * g;
-            *v = self.beta2 * *v + (1.0 - self.beta2) * g * g;
-            *p -= self.decay * *p;
-            *p -= step * *m / (v.sqrt() / self.bias2_sqrt + self.eps);
-        }
+        let (beta1, beta2, decay, eps) = (self.beta1, self.beta2, self.decay, self.eps);
+        let (grad_scale, bias2_sqrt) = (self.grad_scale, self.bias2_sqrt);
+        // Element-wise, so splitting over threads changes no bit of the result.
+        param
+            .par_chunks_mut(CHUNK)
+            .zip(grad.par_chunks(CHUNK))
+            .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
+            .for_each(|((ps, gs), (ms, vs))| {
+                for (((p, &g), m), v) in ps.iter_mut().zip(gs).zip(ms.iter_mut()).zip(vs.iter_mut())
+                {
+                    let g = g * grad_scale;
+                    *m = beta1 * *m + (1.0 - beta1) * g;
+                    *v = beta2 * *v + (1.0 - beta2) * g * g;
+                    *p -= decay * *p;
+                    *p -= step * *m / (v.sqrt() / bias2_sqrt + eps);
+                }
+            });
         Ok(())
     }
 }

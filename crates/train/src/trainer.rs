@@ -8,9 +8,10 @@ use crate::checkpoint;
 use crate::optim::{AdamW, AdamWConfig, OptimError, default_decay};
 use crate::schedule::LrSchedule;
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use std::path::Path;
+use std::time::Instant;
 use tardbot_core::ModelConfig;
 use tardbot_core::config::TrainConfig;
 use tardbot_model::{
@@ -62,6 +63,20 @@ pub struct StepReport {
     pub expert_counts: Vec<Vec<u64>>,
     /// The loss or a gradient was NaN/Inf: no update was applied.
     pub rejected: bool,
+    /// Where the step's time went.
+    pub timings: StepTimings,
+}
+
+/// Wall-clock seconds of the phases of one step.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StepTimings {
+    /// Forward passes and losses (with activation checkpointing: the first, gradient-free forward).
+    pub forward_s: f64,
+    /// Backward passes (with activation checkpointing: including the recomputed block forwards) and
+    /// gradient accumulation over micro-batches.
+    pub backward_s: f64,
+    /// Gradient norm, clipping and the AdamW update.
+    pub optimizer_s: f64,
 }
 
 pub struct Trainer {
@@ -70,6 +85,8 @@ pub struct Trainer {
     opt: AdamW,
     schedule: LrSchedule,
     grad_clip: f64,
+    /// Segmented backward (see [`TrainConfig::activation_checkpointing`]).
+    pub activation_checkpointing: bool,
     /// Optimizer steps applied.
     pub step: u64,
     /// Target tokens trained on.
@@ -124,6 +141,7 @@ impl Trainer {
             opt,
             schedule: LrSchedule::from_config(train),
             grad_clip: train.grad_clip,
+            activation_checkpointing: train.activation_checkpointing,
             step: 0,
             tokens: 0,
         })
@@ -144,12 +162,17 @@ impl Trainer {
         if !report.loss.is_finite() {
             return Ok(report);
         }
+        let started = Instant::now();
         let norm = self.opt.grad_norm(&grads)?;
         report.grad_norm = norm;
         if !norm.is_finite() {
+            report.timings.optimizer_s = started.elapsed().as_secs_f64();
             return Ok(report);
         }
-        self.opt.step(&grads, report.lr, self.grad_clip)?;
+        self.opt
+            .step_with_norm(&grads, norm, report.lr, self.grad_clip)?;
+        drop(grads);
+        report.timings.optimizer_s = started.elapsed().as_secs_f64();
         self.step += 1;
         self.tokens += report.tokens;
         report.rejected = false;
@@ -158,7 +181,9 @@ impl Trainer {
 
     /// Gradients of the mean loss over `micro_batches` (gradient accumulation: each micro-batch's
     /// loss is scaled by 1/n and its gradients summed, so the activations of one micro-batch live at
-    /// a time). The report is complete except for the gradient norm; `rejected` is still true.
+    /// a time). With activation checkpointing the backward is segmented (one block's activations
+    /// live at a time). The report is complete except for the gradient norm; `rejected` is still
+    /// true.
     pub fn gradients(
         &self,
         micro_batches: &[TokenBatch],
@@ -168,15 +193,19 @@ impl Trainer {
         let (mut loss, mut ce, mut aux, mut z) = (0.0, 0.0, 0.0, 0.0);
         let mut tokens = 0;
         let mut counts: Vec<Vec<u64>> = Vec::new();
+        let mut timings = StepTimings::default();
         for mb in micro_batches {
-            let out = self.model.forward(&mb.inputs, mb.doc_ids.as_ref())?;
-            let l = self.model.loss(&out, &mb.targets, mb.loss_mask.as_ref())?;
-            loss += scalar(&l.total)? / n;
-            ce += scalar(&l.ce)? / n;
-            aux += scalar(&out.aux_loss)? / n;
-            z += scalar(&out.z_loss)? / n;
+            let (grads, m) = if self.activation_checkpointing {
+                self.micro_grads_segmented(mb, 1.0 / n, &mut timings)?
+            } else {
+                self.micro_grads(mb, 1.0 / n, &mut timings)?
+            };
+            loss += m.loss / n;
+            ce += m.ce / n;
+            aux += m.aux / n;
+            z += m.z / n;
             tokens += mb.tokens;
-            for (layer, c) in out.expert_counts.iter().enumerate() {
+            for (layer, c) in m.expert_counts.iter().enumerate() {
                 if counts.len() <= layer {
                     counts.push(vec![0; c.len()]);
                 }
@@ -184,22 +213,15 @@ impl Trainer {
                     *a += b as u64;
                 }
             }
-            let grads = (l.total / n)?.backward()?;
+            let started = Instant::now();
             acc = Some(match acc {
                 None => grads,
                 Some(mut sum) => {
-                    for (_, var) in named_vars(&self.varmap) {
-                        if let Some(g) = grads.get(var.as_tensor()) {
-                            let total = match sum.get(var.as_tensor()) {
-                                Some(s) => (s + g)?,
-                                None => g.clone(),
-                            };
-                            sum.insert(var.as_tensor(), total);
-                        }
-                    }
+                    sum.extend(grads)?;
                     sum
                 }
             });
+            timings.backward_s += started.elapsed().as_secs_f64();
         }
         let report = StepReport {
             loss,
@@ -211,8 +233,117 @@ impl Trainer {
             tokens,
             expert_counts: counts,
             rejected: true,
+            timings,
         };
         Ok((acc, report))
+    }
+
+    /// One micro-batch, whole-graph backward: gradients of `scale · loss`.
+    fn micro_grads(
+        &self,
+        mb: &TokenBatch,
+        scale: f64,
+        timings: &mut StepTimings,
+    ) -> Result<(GradStore, MicroLosses)> {
+        let started = Instant::now();
+        let out = self.model.forward(&mb.inputs, mb.doc_ids.as_ref())?;
+        let l = self.model.loss(&out, &mb.targets, mb.loss_mask.as_ref())?;
+        let m = MicroLosses {
+            loss: scalar(&l.total)?,
+            ce: scalar(&l.ce)?,
+            aux: scalar(&out.aux_loss)?,
+            z: scalar(&out.z_loss)?,
+            expert_counts: out.expert_counts,
+        };
+        let objective = (l.total * scale)?;
+        drop((out.logits, out.aux_loss, out.z_loss, l.ce));
+        timings.forward_s += started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        let grads = objective.backward()?;
+        drop(objective);
+        timings.backward_s += started.elapsed().as_secs_f64();
+        Ok((grads, m))
+    }
+
+    /// One micro-batch, segmented backward (activation checkpointing): the forward keeps only each
+    /// block's input; the backward recomputes one block at a time with gradients on and
+    /// back-propagates `(output · grad_output).sum()` (plus the block's own router losses), which
+    /// yields the block's parameter gradients and the gradient of its input.
+    fn micro_grads_segmented(
+        &self,
+        mb: &TokenBatch,
+        scale: f64,
+        timings: &mut StepTimings,
+    ) -> Result<(GradStore, MicroLosses)> {
+        let m = &self.model;
+        let cfg = m.config();
+        let started = Instant::now();
+        let (b, t) = m.check_ids(&mb.inputs)?;
+        let ctx = m.attn_ctx(b, t, mb.doc_ids.as_ref())?;
+        // Forward, no graph kept beyond each block.
+        let mut inputs: Vec<Tensor> = Vec::with_capacity(m.blocks.len() + 1);
+        inputs.push(m.embed(&mb.inputs)?.detach());
+        let (mut aux, mut z) = (0.0, 0.0);
+        let mut expert_counts = Vec::new();
+        for blk in &m.blocks {
+            let x = inputs.last().expect("at least the embedding");
+            let (y, stats) = blk.forward(x, &ctx)?;
+            if let Some(s) = stats {
+                aux += scalar(&s.aux_loss)?;
+                z += scalar(&s.z_loss)?;
+                expert_counts.push(s.expert_counts);
+            }
+            inputs.push(y.detach());
+        }
+        timings.forward_s += started.elapsed().as_secs_f64();
+
+        // Head: loss, its gradients (final norm, tied embedding) and the gradient of the last
+        // block's output.
+        let started = Instant::now();
+        let h = Var::from_tensor(&inputs.pop().expect("the last block's output"))?;
+        let logits = m.head(h.as_tensor())?;
+        let ce_t = tardbot_model::cross_entropy(&logits, &mb.targets, mb.loss_mask.as_ref())?;
+        let ce = scalar(&ce_t)?;
+        let mut acc = (ce_t * scale)?.backward()?;
+        drop(logits);
+        let mut g = acc
+            .remove(h.as_tensor())
+            .ok_or_else(|| candle_core::Error::Msg("no gradient reached the head input".into()))?;
+        drop(h);
+
+        // Blocks in reverse, recomputed one at a time.
+        for blk in m.blocks.iter().rev() {
+            let x = Var::from_tensor(&inputs.pop().expect("one input per block"))?;
+            let (y, stats) = blk.forward(x.as_tensor(), &ctx)?;
+            let mut objective = (y * &g)?.sum_all()?;
+            if let Some(s) = stats {
+                let router = ((s.aux_loss.to_dtype(DType::F32)? * cfg.router_aux_loss_coef)?
+                    + (s.z_loss.to_dtype(DType::F32)? * cfg.router_z_loss_coef)?)?;
+                let router = (router * scale)?.to_dtype(objective.dtype())?;
+                objective = (objective + router)?;
+            }
+            let mut grads = objective.backward()?;
+            drop(objective);
+            g = grads.remove(x.as_tensor()).ok_or_else(|| {
+                candle_core::Error::Msg("no gradient reached a block input".into())
+            })?;
+            acc.extend(grads)?;
+        }
+        // The embedding lookup.
+        let e = m.embed(&mb.inputs)?;
+        acc.extend((e * &g)?.sum_all()?.backward()?)?;
+        timings.backward_s += started.elapsed().as_secs_f64();
+        let loss = ce + cfg.router_aux_loss_coef * aux + cfg.router_z_loss_coef * z;
+        Ok((
+            acc,
+            MicroLosses {
+                loss,
+                ce,
+                aux,
+                z,
+                expert_counts,
+            },
+        ))
     }
 
     /// Mean cross-entropy (nats per target token) over `batches`, no gradients kept.
@@ -274,6 +405,15 @@ impl Trainer {
     pub fn save_weights(&self, path: &Path) -> Result<()> {
         Ok(save_safetensors(&self.varmap, path)?)
     }
+}
+
+/// The scalar figures of one micro-batch.
+struct MicroLosses {
+    loss: f64,
+    ce: f64,
+    aux: f64,
+    z: f64,
+    expert_counts: Vec<Vec<u32>>,
 }
 
 fn scalar(t: &Tensor) -> Result<f64> {
@@ -413,5 +553,184 @@ mod tests {
                 "{n} differs"
             );
         }
+    }
+
+    fn weights_bits(t: &Trainer) -> Vec<(String, Vec<u32>)> {
+        named_vars(&t.varmap)
+            .into_iter()
+            .map(|(n, v)| {
+                let bits = v
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.to_bits())
+                    .collect();
+                (n, bits)
+            })
+            .collect()
+    }
+
+    /// Largest |a − b| over all parameter gradients, relative to the largest |a| of that tensor;
+    /// also checks both stores hold the same tensors.
+    fn max_rel_grad_diff(t: &Trainer, a: &GradStore, b: &GradStore) -> (f32, usize) {
+        let (mut worst, mut n) = (0f32, 0);
+        for (name, v) in named_vars(&t.varmap) {
+            match (a.get(v.as_tensor()), b.get(v.as_tensor())) {
+                (Some(x), Some(y)) => {
+                    let scale = x
+                        .abs()
+                        .unwrap()
+                        .max_all()
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap()
+                        .max(1e-12);
+                    let d = (x - y)
+                        .unwrap()
+                        .abs()
+                        .unwrap()
+                        .max_all()
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap();
+                    worst = worst.max(d / scale);
+                    n += 1;
+                }
+                (None, None) => {}
+                _ => panic!("{name}: gradient in one store only"),
+            }
+        }
+        (worst, n)
+    }
+
+    /// Segmented backward (activation checkpointing) gives the gradients of the whole-graph
+    /// backward: same function, same routing; only float summation order may differ.
+    #[test]
+    fn activation_checkpointing_gives_the_same_gradients() {
+        let cfg = ModelConfig::from_preset("micro").unwrap();
+        let mut plain = Trainer::new(&cfg, &train_cfg(), 5).unwrap();
+        // Packed documents and a loss mask, as the fine-tuning stages use them.
+        let mut b = batch(&rows(3, 11, cfg.vocab_size as u32, 2));
+        let docs: Vec<u32> = (0..30).map(|i| (i % 10 >= 6) as u32).collect();
+        b.doc_ids = Some(Tensor::from_vec(docs, (3, 10), &Device::Cpu).unwrap());
+        let mask: Vec<f32> = (0..30).map(|i| (i % 4 != 0) as u32 as f32).collect();
+        b.loss_mask = Some(Tensor::from_vec(mask, (3, 10), &Device::Cpu).unwrap());
+        let two = [b, batch(&rows(3, 11, cfg.vocab_size as u32, 9))];
+        for micro in [&two[..1], &two[..]] {
+            plain.activation_checkpointing = false;
+            let (ga, ra) = plain.gradients(micro).unwrap();
+            plain.activation_checkpointing = true;
+            let (gb, rb) = plain.gradients(micro).unwrap();
+            let (worst, n) = max_rel_grad_diff(&plain, &ga.unwrap(), &gb.unwrap());
+            eprintln!(
+                "{} micro-batch(es): {n} gradient tensors, max relative difference {worst:e}",
+                micro.len()
+            );
+            assert_eq!(n, named_vars(&plain.varmap).len());
+            assert!(worst < 1e-5, "max relative gradient difference {worst}");
+            assert!((ra.loss - rb.loss).abs() < 1e-6 * ra.loss.abs().max(1.0));
+            assert!((ra.aux_loss - rb.aux_loss).abs() < 1e-6);
+            assert_eq!(ra.expert_counts, rb.expert_counts);
+        }
+
+        // And whole steps: weights after 3 steps agree to float tolerance.
+        let mut ckpt_cfg = train_cfg();
+        ckpt_cfg.activation_checkpointing = true;
+        let mut a = Trainer::new(&cfg, &train_cfg(), 5).unwrap();
+        let mut c = Trainer::new(&cfg, &ckpt_cfg, 5).unwrap();
+        assert!(c.activation_checkpointing && !a.activation_checkpointing);
+        for _ in 0..3 {
+            let ra = a.train_step(&two).unwrap();
+            let rc = c.train_step(&two).unwrap();
+            assert!(!ra.rejected && !rc.rejected);
+            assert!((ra.grad_norm - rc.grad_norm).abs() < 1e-5 * ra.grad_norm);
+        }
+        for ((n, x), (_, y)) in named_vars(&a.varmap).iter().zip(&named_vars(&c.varmap)) {
+            let d = (x.as_tensor() - y.as_tensor())
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(d < 1e-5, "{n}: weights differ by {d}");
+        }
+    }
+
+    /// A non-finite loss rejects the step: weights, optimizer state and counters stay as they were,
+    /// so the next good step is the one an uninterrupted run would have taken.
+    #[test]
+    fn non_finite_loss_is_rejected_and_changes_nothing() {
+        let cfg = ModelConfig::from_preset("micro").unwrap();
+        let good = batch(&rows(2, 9, cfg.vocab_size as u32, 1));
+        for checkpointing in [false, true] {
+            let tc = TrainConfig {
+                activation_checkpointing: checkpointing,
+                ..train_cfg()
+            };
+            let mut t = Trainer::new(&cfg, &tc, 4).unwrap();
+            let mut twin = Trainer::new(&cfg, &tc, 4).unwrap();
+            for tr in [&mut t, &mut twin] {
+                tr.train_step(std::slice::from_ref(&good)).unwrap();
+            }
+            // Poison one weight every token passes through.
+            let (_, norm) = named_vars(&t.varmap)
+                .into_iter()
+                .find(|(n, _)| n == "final_norm.weight")
+                .unwrap();
+            let saved = norm.as_tensor().copy().unwrap();
+            let mut poisoned = saved.to_vec1::<f32>().unwrap();
+            poisoned[0] = f32::NAN;
+            norm.set(&Tensor::new(poisoned.as_slice(), &Device::Cpu).unwrap())
+                .unwrap();
+            let before = weights_bits(&t);
+            let r = t.train_step(std::slice::from_ref(&good)).unwrap();
+            assert!(
+                r.rejected,
+                "checkpointing {checkpointing}: step not rejected"
+            );
+            assert!(!r.loss.is_finite());
+            assert_eq!((t.step, t.tokens), (1, twin.tokens));
+            assert_eq!(
+                weights_bits(&t),
+                before,
+                "weights changed by a rejected step"
+            );
+
+            // Restored weight: the next step equals the twin's, bit for bit (moments untouched).
+            norm.set(&saved).unwrap();
+            let ra = t.train_step(std::slice::from_ref(&good)).unwrap();
+            let rb = twin.train_step(std::slice::from_ref(&good)).unwrap();
+            assert!(!ra.rejected);
+            assert_eq!(ra.loss.to_bits(), rb.loss.to_bits());
+            assert_eq!(weights_bits(&t), weights_bits(&twin));
+        }
+        // An infinite learning rate is refused by the config check; a huge one blows the loss up
+        // and the next step is rejected rather than applied.
+        let huge = TrainConfig {
+            lr: 1e30,
+            grad_clip: 0.0,
+            ..train_cfg()
+        };
+        let mut t = Trainer::new(&cfg, &huge, 4).unwrap();
+        let mut rejected = false;
+        for _ in 0..5 {
+            let before = weights_bits(&t);
+            let steps = t.step;
+            let r = t.train_step(std::slice::from_ref(&good)).unwrap();
+            if r.rejected {
+                assert_eq!(weights_bits(&t), before);
+                assert_eq!(t.step, steps);
+                rejected = true;
+                break;
+            }
+        }
+        assert!(
+            rejected,
+            "a 1e30 learning rate never produced a non-finite step"
+        );
     }
 }

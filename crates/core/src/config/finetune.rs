@@ -39,9 +39,10 @@ impl Default for TaskEvalConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SftDataConfig {
-    /// Glossary entries: JSONL `{title, text}` (data/sample/jargon.jsonl) or the raw Jargon File.
+    /// Glossary entries: JSONL `{title, text}` (data/sample/jargon.jsonl) or the raw Jargon File;
+    /// unset = no glossary tasks.
     pub glossary: Option<PathBuf>,
-    /// Verse/play text (plain text, speaker lines as in tiny_shakespeare).
+    /// Verse/play text (plain text, speaker lines as in tiny_shakespeare); unset = no verse tasks.
     pub verse: Option<PathBuf>,
     /// Examples built per task kind.
     pub per_kind: usize,
@@ -52,8 +53,8 @@ pub struct SftDataConfig {
 impl Default for SftDataConfig {
     fn default() -> Self {
         SftDataConfig {
-            glossary: Some(PathBuf::from("data/sample/jargon.jsonl")),
-            verse: Some(PathBuf::from("data/sample/tiny_shakespeare.txt")),
+            glossary: None,
+            verse: None,
             per_kind: 200,
             validation_fraction: 0.1,
             eval: TaskEvalConfig::default(),
@@ -66,7 +67,8 @@ impl Default for SftDataConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ToolcallDataConfig {
-    /// BFCL single-turn JSONL (`{id, category, messages, tools, ground_truth, target_calls}`).
+    /// BFCL single-turn JSONL (`{id, category, messages, tools, ground_truth, target_calls}`); unset =
+    /// generated examples only.
     pub bfcl: Option<PathBuf>,
     /// Generated multi-turn examples (a tool runs and its result is fed back).
     pub generated: usize,
@@ -77,7 +79,7 @@ pub struct ToolcallDataConfig {
 impl Default for ToolcallDataConfig {
     fn default() -> Self {
         ToolcallDataConfig {
-            bfcl: Some(PathBuf::from("data/sample/bfcl_sample.jsonl")),
+            bfcl: None,
             generated: 200,
             validation_fraction: 0.1,
             eval: TaskEvalConfig {
@@ -103,7 +105,7 @@ pub struct CotDataConfig {
 impl Default for CotDataConfig {
     fn default() -> Self {
         CotDataConfig {
-            problems: Some(PathBuf::from("data/sample/gsm_sample.jsonl")),
+            problems: None,
             limit: 0,
             validation_fraction: 0.1,
             eval: TaskEvalConfig {
@@ -132,7 +134,11 @@ impl FinetuneDataConfig {
         };
         path("data.sft.glossary", cfg.sft.enabled, &self.sft.glossary);
         path("data.sft.verse", cfg.sft.enabled, &self.sft.verse);
-        path("data.toolcall.bfcl", cfg.toolcall.enabled, &self.toolcall.bfcl);
+        path(
+            "data.toolcall.bfcl",
+            cfg.toolcall.enabled,
+            &self.toolcall.bfcl,
+        );
         path("data.cot.problems", cfg.cot.enabled, &self.cot.problems);
         for (field, f) in [
             ("data.sft.validation_fraction", self.sft.validation_fraction),

@@ -60,7 +60,12 @@ pub fn clean_str(mut text: String, repaired: bool, policy: &CleanPolicy) -> Clea
         text = text.nfc().collect();
     }
     if policy.whitespace {
-        text = normalize_whitespace(&text, policy.collapse_spaces, policy.max_blank_lines);
+        match already_normal(&text, policy.collapse_spaces, policy.max_blank_lines) {
+            Some(end) => text.truncate(end),
+            None => {
+                text = normalize_whitespace(&text, policy.collapse_spaces, policy.max_blank_lines)
+            }
+        }
     }
     if text.trim().is_empty() {
         Cleaned::Empty
@@ -73,17 +78,68 @@ fn is_stray_control(c: char) -> bool {
     c.is_control() && c != '\n' && c != '\t'
 }
 
+/// Whether `s` holds a control character other than tab and newline (CR included): C0 controls,
+/// DEL, and C1 controls (U+0080..U+009F, encoded `C2 80`..`C2 9F`). Bytes only, no decoding.
+fn has_stray_control(s: &str) -> bool {
+    let b = s.as_bytes();
+    // A vectorisable pass for bytes that may begin one; the exact check only where one does.
+    let suspect = |c: u8| (c < 0x20 && c != b'\n' && c != b'\t') || c == 0x7f || c == 0xc2;
+    if !b
+        .chunks(256)
+        .any(|chunk| chunk.iter().fold(false, |f, &c| f | suspect(c)))
+    {
+        return false;
+    }
+    b.iter().enumerate().any(|(i, &c)| match c {
+        b'\n' | b'\t' => false,
+        0..=0x1f | 0x7f => true,
+        0xc2 => b.get(i + 1).is_some_and(|&n| n < 0xa0),
+        _ => false,
+    })
+}
+
+/// The common case without a copy: when [`normalize_whitespace`] would only cut `s` short (drop
+/// trailing blank lines and the trailing whitespace of the last line), the length to cut it to;
+/// `None` when it has more to do.
+fn already_normal(s: &str, collapse_spaces: bool, max_blank_lines: usize) -> Option<usize> {
+    if collapse_spaces || has_stray_control(s) {
+        return None;
+    }
+    let mut end = 0usize; // the end of the last non-blank line (trailing whitespace cut)
+    let mut trailing_ws = false; // that line had trailing whitespace
+    let (mut started, mut blank_run, mut blank_dirty) = (false, 0usize, false);
+    let mut pos = 0usize;
+    for line in s.split('\n') {
+        let start = pos;
+        pos += line.len() + 1;
+        let trimmed = line.trim_end();
+        if trimmed.is_empty() {
+            blank_run += 1;
+            blank_dirty |= !line.is_empty();
+            continue;
+        }
+        if started {
+            if trailing_ws || blank_dirty || blank_run > max_blank_lines {
+                return None;
+            }
+        } else if blank_run > 0 {
+            return None; // leading blank lines
+        }
+        started = true;
+        (blank_run, blank_dirty) = (0, false);
+        trailing_ws = trimmed.len() != line.len();
+        end = start + trimmed.len();
+    }
+    Some(end)
+}
+
 /// CRLF and CR become LF; control characters other than tab and newline are removed; trailing
 /// whitespace is stripped from every line; runs of blank lines are cut to `max_blank_lines`;
 /// leading and trailing blank lines go. With `collapse_spaces`, runs of spaces and tabs inside a
 /// line (not its indentation) become one space.
 pub fn normalize_whitespace(s: &str, collapse_spaces: bool, max_blank_lines: usize) -> String {
     let owned;
-    let s = if s
-        .bytes()
-        .any(|b| (b < 0x20 && b != b'\n' && b != b'\t') || b == 0x7f)
-        || (!s.is_ascii() && s.chars().any(|c| c != '\r' && is_stray_control(c)))
-    {
+    let s = if has_stray_control(s) {
         owned = s
             .replace("\r\n", "\n")
             .chars()
@@ -157,6 +213,41 @@ mod tests {
         assert_eq!(got, "  a  b\nc\n\nde");
         assert_eq!(normalize_whitespace("  x   y\t\tz ", true, 2), "  x y z");
         assert_eq!(normalize_whitespace("a\rb", false, 2), "a\nb");
+    }
+
+    #[test]
+    fn the_no_copy_path_agrees_with_the_full_normalisation() {
+        let cases = [
+            "a\nb\n",
+            "a\n\nb",
+            "a\n\n\nb\n\n",
+            "a\n\n\n\nb",
+            "\na",
+            "  a\n",
+            "a  \nb",
+            "a\nb  \n \n\t\n",
+            "a\n \nb",
+            "a\r\nb",
+            "a\u{85}b",
+            "caf\u{e9}\u{a0}\nb",
+            "x\u{3000}",
+            "\u{3000}\nx",
+            "",
+            " \n ",
+            "a  b\tc",
+        ];
+        for s in cases {
+            for max in [0, 1, 2] {
+                for collapse in [false, true] {
+                    let full = normalize_whitespace(s, collapse, max);
+                    if let Some(end) = already_normal(s, collapse, max) {
+                        assert_eq!(&s[..end], full, "{s:?} max {max}");
+                    }
+                }
+            }
+        }
+        assert_eq!(already_normal("a\nb\n", false, 1), Some(3));
+        assert_eq!(already_normal("a\u{85}b", false, 1), None);
     }
 
     #[test]

@@ -1,6 +1,5 @@
 //! Exact deduplication, the weighted mix and the output statistics, planned with polars lazy
-//! frames over the parts (feature `polars`, the default; without it a streaming std implementation
-//! computes the same plan).
+//! frames over the parts.
 //!
 //! Only the small columns are scanned (`part`, `row`, `source`, `id`, `n_bytes`, `split`, `mix_u`;
 //! Parquet projection skips `text`), so memory grows with the number of documents, not their size.
@@ -8,12 +7,10 @@
 //! with weight `w` is written `floor(w)` times plus once more when its `mix_u` draw (a hash of the
 //! seed and the document) is below `w - floor(w)`; validation documents are written once.
 
+use crate::error::IngestError;
+use polars::prelude::*;
 use std::collections::BTreeMap;
-
-#[cfg(feature = "polars")]
-pub use with_polars::plan;
-#[cfg(not(feature = "polars"))]
-pub use without_polars::plan;
+use std::path::PathBuf;
 
 /// Which rows of which part to write, and how many times: `(row, copies)` sorted by row.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -43,249 +40,150 @@ pub struct SourceOutcome {
     pub docs_val: u64,
 }
 
-/// The copies of a training row of a source with weight `w`: `floor(w)`, plus one when the row's
-/// draw `u` falls below the fractional part. Validation rows are written once.
-pub fn copies(weight: f64, val: bool, u: f64) -> u32 {
-    if val {
-        return 1;
-    }
-    let whole = weight.floor();
-    whole as u32 + u32::from(u < weight - whole)
+fn pe(what: &'static str) -> impl Fn(PolarsError) -> IngestError {
+    move |e| IngestError::polars(what, e)
 }
 
-#[cfg(feature = "polars")]
-mod with_polars {
-    use super::{KeepPlan, SourceOutcome};
-    use crate::error::IngestError;
-    use polars::prelude::*;
-    use std::collections::BTreeMap;
-    use std::path::PathBuf;
+/// Plans dedup and mix over the given parts. `weights` maps source name → sampling weight.
+pub fn plan(
+    parts: &[PathBuf],
+    dedup: bool,
+    weights: &BTreeMap<String, f64>,
+) -> Result<(KeepPlan, BTreeMap<String, SourceOutcome>), IngestError> {
+    let mut outcome: BTreeMap<String, SourceOutcome> = BTreeMap::new();
+    if parts.is_empty() {
+        return Ok((KeepPlan::default(), outcome));
+    }
+    let paths: Vec<PlRefPath> = parts
+        .iter()
+        .map(|p| PlRefPath::new(p.to_string_lossy().to_string()))
+        .collect();
+    let args = ScanArgsParquet {
+        glob: false,
+        ..ScanArgsParquet::default()
+    };
+    let all = LazyFrame::scan_parquet_files(paths.into_iter().collect(), args)
+        .map_err(pe("scanning the parts"))?
+        .select([
+            col("part"),
+            col("row"),
+            col("source"),
+            col("id"),
+            col("n_bytes"),
+            col("split"),
+            col("mix_u"),
+        ]);
+    let unique = if dedup {
+        all.clone()
+            .unique_stable(Some(cols(["id"])), UniqueKeepStrategy::First)
+    } else {
+        all.clone()
+    };
 
-    fn pe(what: &'static str) -> impl Fn(PolarsError) -> IngestError {
-        move |e| IngestError::polars(what, e)
+    // Copies per row from the source weights (validation rows exactly once).
+    let (mut base, mut frac) = (lit(1i64), lit(0.0f64));
+    for (name, &w) in weights {
+        let whole = w.floor();
+        let is = col("source").eq(lit(name.as_str()));
+        base = when(is.clone()).then(lit(whole as i64)).otherwise(base);
+        frac = when(is).then(lit(w - whole)).otherwise(frac);
+    }
+    let copies = when(col("split").eq(lit("val")))
+        .then(lit(1i64))
+        .otherwise(base + col("mix_u").lt(frac).cast(DataType::Int64))
+        .alias("copies");
+    let kept = unique
+        .clone()
+        .with_column(copies)
+        .filter(col("copies").gt(lit(0i64)))
+        .sort(["part", "row"], SortMultipleOptions::default());
+
+    // The plan itself.
+    let df = kept
+        .clone()
+        .select([col("part"), col("row"), col("copies")])
+        .collect()
+        .map_err(pe("planning dedup and mix"))?;
+    let mut plan = KeepPlan::default();
+    let (p, r, c) = (
+        df.column("part")
+            .and_then(|c| c.u32())
+            .map_err(pe("plan column part"))?,
+        df.column("row")
+            .and_then(|c| c.u32())
+            .map_err(pe("plan column row"))?,
+        df.column("copies")
+            .and_then(|c| c.i64())
+            .map_err(pe("plan column copies"))?,
+    );
+    for i in 0..df.height() {
+        if let (Some(p), Some(r), Some(c)) = (p.get(i), r.get(i), c.get(i)) {
+            plan.by_part.entry(p).or_default().push((r, c as u32));
+        }
     }
 
-    /// Plans dedup and mix over the given parts. `weights` maps source name → sampling weight.
-    pub fn plan(
-        parts: &[PathBuf],
-        dedup: bool,
-        weights: &BTreeMap<String, f64>,
-    ) -> Result<(KeepPlan, BTreeMap<String, SourceOutcome>), IngestError> {
-        let mut outcome: BTreeMap<String, SourceOutcome> = BTreeMap::new();
-        if parts.is_empty() {
-            return Ok((KeepPlan::default(), outcome));
-        }
-        let paths: Vec<PlRefPath> = parts
-            .iter()
-            .map(|p| PlRefPath::new(p.to_string_lossy().to_string()))
-            .collect();
-        let args = ScanArgsParquet {
-            glob: false,
-            ..ScanArgsParquet::default()
+    // Statistics: duplicates and output per source.
+    let count_by_source =
+        |lf: LazyFrame, what: &'static str| -> Result<BTreeMap<String, i64>, IngestError> {
+            let df = lf
+                .group_by([col("source")])
+                .agg([len().cast(DataType::Int64).alias("n")])
+                .collect()
+                .map_err(pe(what))?;
+            let s = df
+                .column("source")
+                .and_then(|c| c.str())
+                .map_err(pe(what))?;
+            let n = df.column("n").and_then(|c| c.i64()).map_err(pe(what))?;
+            Ok((0..df.height())
+                .filter_map(|i| Some((s.get(i)?.to_string(), n.get(i)?)))
+                .collect())
         };
-        let all = LazyFrame::scan_parquet_files(paths.into_iter().collect(), args)
-            .map_err(pe("scanning the parts"))?
-            .select([
-                col("part"),
-                col("row"),
-                col("source"),
-                col("id"),
-                col("n_bytes"),
-                col("split"),
-                col("mix_u"),
-            ]);
-        let unique = if dedup {
-            all.clone()
-                .unique_stable(Some(cols(["id"])), UniqueKeepStrategy::First)
-        } else {
-            all.clone()
-        };
-
-        // Copies per row from the source weights (validation rows exactly once).
-        let (mut base, mut frac) = (lit(1i64), lit(0.0f64));
-        for (name, &w) in weights {
-            let whole = w.floor();
-            let is = col("source").eq(lit(name.as_str()));
-            base = when(is.clone()).then(lit(whole as i64)).otherwise(base);
-            frac = when(is).then(lit(w - whole)).otherwise(frac);
-        }
-        let copies = when(col("split").eq(lit("val")))
-            .then(lit(1i64))
-            .otherwise(base + col("mix_u").lt(frac).cast(DataType::Int64))
-            .alias("copies");
-        let kept = unique
-            .clone()
-            .with_column(copies)
-            .filter(col("copies").gt(lit(0i64)))
-            .sort(["part", "row"], SortMultipleOptions::default());
-
-        // The plan itself.
-        let df = kept
-            .clone()
-            .select([col("part"), col("row"), col("copies")])
-            .collect()
-            .map_err(pe("planning dedup and mix"))?;
-        let mut plan = KeepPlan::default();
-        let (p, r, c) = (
-            df.column("part")
-                .and_then(|c| c.u32())
-                .map_err(pe("plan column part"))?,
-            df.column("row")
-                .and_then(|c| c.u32())
-                .map_err(pe("plan column row"))?,
-            df.column("copies")
-                .and_then(|c| c.i64())
-                .map_err(pe("plan column copies"))?,
-        );
-        for i in 0..df.height() {
-            if let (Some(p), Some(r), Some(c)) = (p.get(i), r.get(i), c.get(i)) {
-                plan.by_part.entry(p).or_default().push((r, c as u32));
-            }
-        }
-
-        // Statistics: duplicates and output per source.
-        let count_by_source =
-            |lf: LazyFrame, what: &'static str| -> Result<BTreeMap<String, i64>, IngestError> {
-                let df = lf
-                    .group_by([col("source")])
-                    .agg([len().cast(DataType::Int64).alias("n")])
-                    .collect()
-                    .map_err(pe(what))?;
-                let s = df
-                    .column("source")
-                    .and_then(|c| c.str())
-                    .map_err(pe(what))?;
-                let n = df.column("n").and_then(|c| c.i64()).map_err(pe(what))?;
-                Ok((0..df.height())
-                    .filter_map(|i| Some((s.get(i)?.to_string(), n.get(i)?)))
-                    .collect())
-            };
-        let before = count_by_source(all, "counting rows per source")?;
-        let after = count_by_source(unique, "counting unique rows per source")?;
-        for (src, n) in &before {
-            outcome.entry(src.clone()).or_default().duplicates =
-                (n - after.get(src).copied().unwrap_or(0)).max(0) as u64;
-        }
-        let out = kept
-            .with_column((col("n_bytes") * col("copies")).alias("bytes_out"))
-            .with_column(
-                when(col("split").eq(lit("val")))
-                    .then(lit(1i64))
-                    .otherwise(lit(0i64))
-                    .alias("is_val"),
-            )
-            .group_by([col("source")])
-            .agg([
-                col("copies").sum().cast(DataType::Int64).alias("docs"),
-                col("bytes_out").sum().cast(DataType::Int64).alias("bytes"),
-                col("is_val").sum().cast(DataType::Int64).alias("val"),
-            ])
-            .collect()
-            .map_err(pe("output statistics"))?;
-        let s = out
-            .column("source")
-            .and_then(|c| c.str())
-            .map_err(pe("stats source"))?;
-        let d = out
-            .column("docs")
-            .and_then(|c| c.i64())
-            .map_err(pe("stats docs"))?;
-        let b = out
-            .column("bytes")
-            .and_then(|c| c.i64())
-            .map_err(pe("stats bytes"))?;
-        let v = out
-            .column("val")
-            .and_then(|c| c.i64())
-            .map_err(pe("stats val"))?;
-        for i in 0..out.height() {
-            if let Some(name) = s.get(i) {
-                let o = outcome.entry(name.to_string()).or_default();
-                o.docs_out = d.get(i).unwrap_or(0) as u64;
-                o.bytes_out = b.get(i).unwrap_or(0) as u64;
-                o.docs_val = v.get(i).unwrap_or(0) as u64;
-            }
-        }
-        Ok((plan, outcome))
+    let before = count_by_source(all, "counting rows per source")?;
+    let after = count_by_source(unique, "counting unique rows per source")?;
+    for (src, n) in &before {
+        outcome.entry(src.clone()).or_default().duplicates =
+            (n - after.get(src).copied().unwrap_or(0)).max(0) as u64;
     }
-}
-
-#[cfg(not(feature = "polars"))]
-mod without_polars {
-    use super::{KeepPlan, SourceOutcome, copies};
-    use crate::error::IngestError;
-    use arrow::array::AsArray;
-    use arrow::datatypes::{Float64Type, Int64Type, UInt32Type};
-    use parquet::arrow::ProjectionMask;
-    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-    use std::collections::{BTreeMap, HashSet};
-    use std::path::PathBuf;
-
-    /// The same plan as the polars version, streaming the parts' small columns through a hash set.
-    pub fn plan(
-        parts: &[PathBuf],
-        dedup: bool,
-        weights: &BTreeMap<String, f64>,
-    ) -> Result<(KeepPlan, BTreeMap<String, SourceOutcome>), IngestError> {
-        let mut plan = KeepPlan::default();
-        let mut outcome: BTreeMap<String, SourceOutcome> = BTreeMap::new();
-        let mut seen: HashSet<[u8; 32]> = HashSet::new();
-        for path in parts {
-            let bad = |e: &dyn std::fmt::Display| {
-                IngestError::polars("reading a part", format!("{}: {e}", path.display()))
-            };
-            let f = std::fs::File::open(path).map_err(|e| bad(&e))?;
-            let b = ParquetRecordBatchReaderBuilder::try_new(f).map_err(|e| bad(&e))?;
-            let names = ["part", "row", "source", "id", "n_bytes", "split", "mix_u"];
-            let idx: Vec<usize> = names
-                .iter()
-                .filter_map(|n| b.schema().index_of(n).ok())
-                .collect();
-            let mask = ProjectionMask::roots(b.parquet_schema(), idx);
-            for batch in b.with_projection(mask).build().map_err(|e| bad(&e))? {
-                let batch = batch.map_err(|e| bad(&e))?;
-                let col = |n: &str| {
-                    batch
-                        .column_by_name(n)
-                        .ok_or_else(|| bad(&format!("no column {n}")))
-                };
-                let part = col("part")?.as_primitive::<UInt32Type>().clone();
-                let row = col("row")?.as_primitive::<UInt32Type>().clone();
-                let source = col("source")?.as_string::<i32>().clone();
-                let id = col("id")?.as_string::<i32>().clone();
-                let n_bytes = col("n_bytes")?.as_primitive::<Int64Type>().clone();
-                let split = col("split")?.as_string::<i32>().clone();
-                let mix_u = col("mix_u")?.as_primitive::<Float64Type>().clone();
-                for i in 0..batch.num_rows() {
-                    let o = outcome.entry(source.value(i).to_string()).or_default();
-                    if dedup {
-                        let mut key = [0u8; 32];
-                        let hex = id.value(i).as_bytes();
-                        for (k, pair) in key.iter_mut().zip(hex.chunks(2)) {
-                            let nib = |c: u8| (c as char).to_digit(16).unwrap_or(0) as u8;
-                            *k = (nib(pair[0]) << 4) | pair.get(1).map_or(0, |&c| nib(c));
-                        }
-                        if !seen.insert(key) {
-                            o.duplicates += 1;
-                            continue;
-                        }
-                    }
-                    let val = split.value(i) == "val";
-                    let w = weights.get(source.value(i)).copied().unwrap_or(1.0);
-                    let c = copies(w, val, mix_u.value(i));
-                    if c == 0 {
-                        continue;
-                    }
-                    o.docs_out += u64::from(c);
-                    o.bytes_out += n_bytes.value(i) as u64 * u64::from(c);
-                    o.docs_val += u64::from(val);
-                    plan.by_part
-                        .entry(part.value(i))
-                        .or_default()
-                        .push((row.value(i), c));
-                }
-            }
+    let out = kept
+        .with_column((col("n_bytes") * col("copies")).alias("bytes_out"))
+        .with_column(
+            when(col("split").eq(lit("val")))
+                .then(lit(1i64))
+                .otherwise(lit(0i64))
+                .alias("is_val"),
+        )
+        .group_by([col("source")])
+        .agg([
+            col("copies").sum().cast(DataType::Int64).alias("docs"),
+            col("bytes_out").sum().cast(DataType::Int64).alias("bytes"),
+            col("is_val").sum().cast(DataType::Int64).alias("val"),
+        ])
+        .collect()
+        .map_err(pe("output statistics"))?;
+    let s = out
+        .column("source")
+        .and_then(|c| c.str())
+        .map_err(pe("stats source"))?;
+    let d = out
+        .column("docs")
+        .and_then(|c| c.i64())
+        .map_err(pe("stats docs"))?;
+    let b = out
+        .column("bytes")
+        .and_then(|c| c.i64())
+        .map_err(pe("stats bytes"))?;
+    let v = out
+        .column("val")
+        .and_then(|c| c.i64())
+        .map_err(pe("stats val"))?;
+    for i in 0..out.height() {
+        if let Some(name) = s.get(i) {
+            let o = outcome.entry(name.to_string()).or_default();
+            o.docs_out = d.get(i).unwrap_or(0) as u64;
+            o.bytes_out = b.get(i).unwrap_or(0) as u64;
+            o.docs_val = v.get(i).unwrap_or(0) as u64;
         }
-        Ok((plan, outcome))
     }
+    Ok((plan, outcome))
 }

@@ -40,4 +40,5 @@ pub mod stage;
 pub use bench::{BenchOptions, bench_ingest};
 pub use error::IngestError;
 pub use manifest::{Manifest, merge_manifests};
+pub use sources::with_shard;
 pub use stage::{IngestStage, ingest};

@@ -3,8 +3,8 @@
 //!
 //! A part is complete only when its marker exists and matches the input file (size, mtime) and
 //! the configuration; a killed ingest therefore restarts at the first input file whose part is not
-//! complete. Reading runs on its own thread; cleaning, filtering and hashing of each batch of
-//! documents run in parallel on the stage's thread pool; rows are written in input order.
+//! complete. Reading and writing run on their own threads; cleaning, filtering and hashing of each
+//! batch of documents run in parallel on the stage's thread pool; rows are written in input order.
 
 use crate::clean::{CleanPolicy, Cleaned, clean, clean_str};
 use crate::error::IngestError;
@@ -126,14 +126,42 @@ fn raw_len(d: &RawDoc) -> u64 {
 const BATCH_BYTES: u64 = 4 << 20;
 const BATCH_DOCS: usize = 4096;
 
-/// Turns one input file into a complete part (or, under `on_error = "skip"`, a marker recording
-/// that the file was skipped). Returns the marker.
+/// A part written but not yet durable. [`PendingPart::complete`] fsyncs it, moves it into place
+/// and then writes its marker, so a marker only ever vouches for a complete part; the ingest runs
+/// it in the background while the next file is read.
+pub struct PendingPart {
+    tmp: PathBuf,
+    /// Where the part goes (`None`: the file was skipped, there is no part).
+    dest: Option<PathBuf>,
+    marker_path: PathBuf,
+    marker: Marker,
+}
+
+impl PendingPart {
+    pub fn complete(self) -> Result<(), IngestError> {
+        if let Some(dest) = &self.dest {
+            std::fs::File::open(&self.tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| IngestError::write(&self.tmp, e))?;
+            std::fs::rename(&self.tmp, dest).map_err(|e| IngestError::write(dest, e))?;
+        }
+        let mpath = &self.marker_path;
+        let mtmp = mpath.with_extension("json.tmp");
+        let json =
+            serde_json::to_vec_pretty(&self.marker).map_err(|e| IngestError::write(mpath, e))?;
+        write_synced(&mtmp, &json)?;
+        std::fs::rename(&mtmp, mpath).map_err(|e| IngestError::write(mpath, e))
+    }
+}
+
+/// Turns one input file into a part (or, under `on_error = "skip"`, a marker recording that the
+/// file was skipped). Returns the marker and what is left to make the part complete.
 pub fn build_part(
     s: &PartSettings,
     ordinal: u32,
     file: &InputFile,
     pool: &rayon::ThreadPool,
-) -> Result<Marker, IngestError> {
+) -> Result<(Marker, PendingPart), IngestError> {
     let name = stem(ordinal, file);
     let part_file = format!("{name}.parquet");
     let tmp = s.dir.join(format!("{name}.parquet.tmp"));
@@ -159,13 +187,7 @@ pub fn build_part(
             return Err(e);
         }
     };
-    let part = if counts.files_skipped == 0 {
-        let dest = s.dir.join(&part_file);
-        std::fs::rename(&tmp, &dest).map_err(|e| IngestError::write(&dest, e))?;
-        Some(part_file)
-    } else {
-        None
-    };
+    let part = (counts.files_skipped == 0).then_some(part_file);
     let marker = Marker {
         file_key: file.key(),
         input: file.display.clone(),
@@ -176,12 +198,13 @@ pub fn build_part(
         rows,
         counts,
     };
-    let mpath = s.dir.join(format!("{name}.done.json"));
-    let mtmp = s.dir.join(format!("{name}.done.json.tmp"));
-    let json = serde_json::to_vec_pretty(&marker).map_err(|e| IngestError::write(&mpath, e))?;
-    write_synced(&mtmp, &json)?;
-    std::fs::rename(&mtmp, &mpath).map_err(|e| IngestError::write(&mpath, e))?;
-    Ok(marker)
+    let pending = PendingPart {
+        tmp,
+        dest: marker.part_path(&s.dir),
+        marker_path: s.dir.join(format!("{name}.done.json")),
+        marker: marker.clone(),
+    };
+    Ok((marker, pending))
 }
 
 pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), IngestError> {
@@ -192,6 +215,9 @@ pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), IngestError>
     f.sync_all().map_err(|e| IngestError::write(path, e))
 }
 
+/// Reads, cleans, filters and writes one file: a reader thread streams batches of documents, the
+/// pool cleans, filters and hashes each batch, a writer thread appends the kept rows to the part
+/// (in input order), all three at once.
 fn write_part(
     s: &PartSettings,
     ordinal: u32,
@@ -200,8 +226,11 @@ fn write_part(
     tmp: &Path,
     counts: &mut Counts,
 ) -> Result<u64, IngestError> {
-    let mut writer = PartWriter::create(tmp, ordinal, &file.source_name)?;
-    let read_result = std::thread::scope(|scope| -> Result<_, IngestError> {
+    let panicked = |who: &str| IngestError::Write {
+        path: file.path.clone(),
+        message: format!("the {who} thread panicked"),
+    };
+    std::thread::scope(|scope| -> Result<u64, IngestError> {
         let (tx, rx) = sync_channel::<Vec<RawDoc>>(2);
         let read_opts = s.read;
         let reader = scope.spawn(move || {
@@ -221,22 +250,30 @@ fn write_part(
             }
             r
         });
-        let mut failure = None;
+        let (wtx, wrx) = sync_channel::<Vec<PartRow>>(2);
+        let source = file.source_name.as_str();
+        let writer = scope.spawn(move || -> Result<u64, IngestError> {
+            let mut w = PartWriter::create(tmp, ordinal, source)?;
+            for rows in wrx {
+                for row in rows {
+                    w.push(row)?;
+                }
+            }
+            w.finish()
+        });
         for batch in rx.iter() {
             counts.docs_in += batch.len() as u64;
             counts.bytes_in += batch.iter().map(raw_len).sum::<u64>();
             let outcomes: Vec<Outcome> =
                 pool.install(|| batch.into_par_iter().map(|d| process(d, s)).collect());
+            let mut kept = Vec::with_capacity(outcomes.len());
             for o in outcomes {
                 match o {
                     Outcome::Kept { row, repaired } => {
                         counts.invalid_utf8_repaired += u64::from(repaired);
                         counts.docs_kept += 1;
                         counts.bytes_kept += row.text.len() as u64;
-                        if let Err(e) = writer.push(row) {
-                            failure = Some(e);
-                            break;
-                        }
+                        kept.push(row);
                     }
                     Outcome::InvalidUtf8 => counts.invalid_utf8_dropped += 1,
                     Outcome::Empty { repaired } => {
@@ -252,21 +289,17 @@ fn write_part(
                     }
                 }
             }
-            if failure.is_some() {
-                break;
+            if wtx.send(kept).is_err() {
+                break; // the writer failed; its error is returned below
             }
         }
         drop(rx);
-        let read = reader.join().map_err(|_| IngestError::Write {
-            path: file.path.clone(),
-            message: "the reader thread panicked".to_string(),
-        })?;
-        match failure {
-            Some(e) => Err(e),
-            None => read,
-        }
-    })?;
-    counts.records_skipped +=
-        read_result.malformed + read_result.missing_field + read_result.too_large;
-    writer.finish()
+        drop(wtx);
+        let written = writer.join().map_err(|_| panicked("part writer"))?;
+        let read = reader.join().map_err(|_| panicked("reader"))?;
+        let rows = written?;
+        let read = read?;
+        counts.records_skipped += read.malformed + read.missing_field + read.too_large;
+        Ok(rows)
+    })
 }

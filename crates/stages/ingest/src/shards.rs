@@ -3,21 +3,32 @@
 //! Output schema (the tokenize stage depends on it): `id` utf8 (BLAKE3 hex of the cleaned text),
 //! `source` utf8, `text` utf8, `n_bytes` int64 (UTF-8 bytes of `text`), `split` utf8 (`train`/`val`).
 //! Shards are zstd-compressed; a row group closes at `row_group_rows` rows or `row_group_bytes`
-//! bytes of text, a shard at `shard_bytes`.
+//! bytes of text, a shard at `shard_bytes`. Row groups are encoded (and compressed) in parallel
+//! on the stage's thread pool and appended to their shard in order, so the bytes written do not
+//! depend on the number of threads. Parts are intermediate files read back once: uncompressed,
+//! in row groups of a few MB.
 
 use crate::dedup::KeepPlan;
 use crate::error::IngestError;
 use arrow::array::{ArrayRef, AsArray, Float64Builder, Int64Builder, StringBuilder, UInt32Builder};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
-use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_writer::{
+    ArrowColumnChunk, ArrowColumnWriter, ArrowRowGroupWriterFactory, compute_leaves,
+};
+use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
+use parquet::errors::ParquetError;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::file::writer::SerializedFileWriter;
+use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
 use std::fs::File;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, mpsc};
 
 /// The output shard schema.
 pub fn shard_schema() -> SchemaRef {
@@ -44,16 +55,29 @@ pub fn part_schema() -> SchemaRef {
     ]))
 }
 
-fn zstd_props(level: i32, max_rows: usize) -> Result<WriterProperties, IngestError> {
+/// Writer settings of parts and shards. `text` and `id` are long, (nearly) unique strings: a
+/// dictionary never pays off for them, and nothing reads min/max statistics of `text`.
+fn writer_props(compression: Compression, max_rows: usize) -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(compression)
+        .set_max_row_group_row_count(Some(max_rows))
+        .set_column_dictionary_enabled(ColumnPath::from("text"), false)
+        .set_column_dictionary_enabled(ColumnPath::from("id"), false)
+        .set_column_statistics_enabled(ColumnPath::from("text"), EnabledStatistics::None)
+        .build()
+}
+
+fn zstd(level: i32) -> Result<Compression, IngestError> {
     let level = ZstdLevel::try_new(level).map_err(|e| IngestError::Write {
         path: PathBuf::new(),
         message: format!("zstd level: {e}"),
     })?;
-    Ok(WriterProperties::builder()
-        .set_compression(Compression::ZSTD(level))
-        .set_max_row_group_row_count(Some(max_rows))
-        .build())
+    Ok(Compression::ZSTD(level))
 }
+
+/// Rows and text bytes per row group of a part.
+const PART_GROUP_ROWS: usize = 8192;
+const PART_GROUP_BYTES: usize = 8 << 20;
 
 /// One kept document on its way into a part.
 #[derive(Debug)]
@@ -64,7 +88,7 @@ pub struct PartRow {
     pub mix_u: f64,
 }
 
-/// Writes one part, buffering a few MB of rows per record batch.
+/// Writes one part, one row group per few MB of rows.
 pub struct PartWriter {
     path: PathBuf,
     writer: ArrowWriter<File>,
@@ -78,7 +102,8 @@ pub struct PartWriter {
 impl PartWriter {
     pub fn create(path: &Path, part: u32, source: &str) -> Result<PartWriter, IngestError> {
         let f = File::create(path).map_err(|e| IngestError::write(path, e))?;
-        let writer = ArrowWriter::try_new(f, part_schema(), Some(zstd_props(1, 1 << 20)?))
+        let props = writer_props(Compression::UNCOMPRESSED, PART_GROUP_ROWS);
+        let writer = ArrowWriter::try_new(f, part_schema(), Some(props))
             .map_err(|e| IngestError::write(path, e))?;
         Ok(PartWriter {
             path: path.to_path_buf(),
@@ -94,7 +119,7 @@ impl PartWriter {
     pub fn push(&mut self, row: PartRow) -> Result<(), IngestError> {
         self.buf_bytes += row.text.len();
         self.buf.push(row);
-        if self.buf_bytes >= 8 << 20 || self.buf.len() >= 8192 {
+        if self.buf_bytes >= PART_GROUP_BYTES || self.buf.len() >= PART_GROUP_ROWS {
             self.write_buf()?;
         }
         Ok(())
@@ -141,17 +166,17 @@ impl PartWriter {
             .map_err(|e| IngestError::write(&self.path, e))?;
         self.writer
             .write(&batch)
+            .map_err(|e| IngestError::write(&self.path, e))?;
+        self.writer
+            .flush()
             .map_err(|e| IngestError::write(&self.path, e))
     }
 
-    /// Closes and fsyncs the part; returns its row count.
+    /// Closes the part (not yet synced: see `parts::PendingPart`); returns its row count.
     pub fn finish(mut self) -> Result<u64, IngestError> {
         self.write_buf()?;
-        let f = self
-            .writer
-            .into_inner()
-            .map_err(|e| IngestError::write(&self.path, e))?;
-        f.sync_all()
+        self.writer
+            .close()
             .map_err(|e| IngestError::write(&self.path, e))?;
         Ok(u64::from(self.rows))
     }
@@ -180,15 +205,38 @@ pub struct ShardSettings {
     pub zstd_level: i32,
 }
 
-struct OpenShard {
-    rel: String,
-    path: PathBuf,
-    writer: ArrowWriter<File>,
-    entry: ShardEntry,
-    group_bytes: u64,
-    group_rows: usize,
+/// A shard file being written; the bytes are hashed on their way to the file.
+struct HashingFile {
+    file: File,
+    hasher: blake3::Hasher,
 }
 
+impl Write for HashingFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+struct OpenShard {
+    index: usize,
+    path: PathBuf,
+    writer: SerializedFileWriter<HashingFile>,
+}
+
+type Chunks = Result<Vec<ArrowColumnChunk>, ParquetError>;
+
+/// A row group being encoded on the pool.
+struct Pending {
+    shard: usize,
+    chunks: mpsc::Receiver<Chunks>,
+}
+
+/// The rows of the row group being collected.
 struct Rows {
     id: StringBuilder,
     source: StringBuilder,
@@ -199,12 +247,12 @@ struct Rows {
 }
 
 impl Rows {
-    fn new() -> Rows {
+    fn new(rows: usize, text_bytes: usize) -> Rows {
         Rows {
-            id: StringBuilder::new(),
+            id: StringBuilder::with_capacity(rows, rows * 64),
             source: StringBuilder::new(),
-            text: StringBuilder::new(),
-            n_bytes: Int64Builder::new(),
+            text: StringBuilder::with_capacity(rows, text_bytes),
+            n_bytes: Int64Builder::with_capacity(rows),
             split: StringBuilder::new(),
             len: 0,
         }
@@ -222,56 +270,84 @@ impl Rows {
     }
 }
 
+/// Encodes one row group's columns (runs on the pool).
+fn encode(mut writers: Vec<ArrowColumnWriter>, batch: &RecordBatch) -> Chunks {
+    let mut next = writers.iter_mut();
+    for (array, field) in batch.columns().iter().zip(batch.schema_ref().fields()) {
+        for leaf in compute_leaves(field, array)? {
+            next.next()
+                .ok_or_else(|| ParquetError::General("more leaves than columns".to_string()))?
+                .write(&leaf)?;
+        }
+    }
+    writers.into_iter().map(ArrowColumnWriter::close).collect()
+}
+
 /// Writes the kept rows of every part, in part order, into shards under `out_dir/shards/`.
+///
+/// The caller's thread reads the parts and cuts rows into row groups and shards (so where a row
+/// group or shard ends depends only on the rows); each row group is encoded on the pool while the
+/// next is collected, and appended to its shard in order. Closed shards are fsynced in the
+/// background. Memory: a few row groups in flight.
 pub struct ShardSink<'a> {
     out_dir: &'a Path,
     settings: ShardSettings,
-    open: Option<OpenShard>,
+    pool: &'a rayon::ThreadPool,
+    props: WriterProperties,
+    factory: ArrowRowGroupWriterFactory,
+    schema: SchemaRef,
     rows: Rows,
-    done: Vec<ShardEntry>,
+    rows_hint: (usize, usize),
+    /// One entry per shard begun; `bytes` and `blake3` are filled in when it closes.
+    entries: Vec<ShardEntry>,
+    /// The last shard took its last row: the next row begins a new one.
+    shard_full: bool,
+    groups_in_shard: usize,
+    group_bytes: u64,
+    group_rows: usize,
+    in_flight: VecDeque<Pending>,
+    open: Option<OpenShard>,
+    syncing: Vec<std::thread::JoinHandle<Result<(), IngestError>>>,
 }
 
 impl<'a> ShardSink<'a> {
-    pub fn new(out_dir: &'a Path, settings: ShardSettings) -> Result<Self, IngestError> {
+    pub fn new(
+        out_dir: &'a Path,
+        settings: ShardSettings,
+        pool: &'a rayon::ThreadPool,
+    ) -> Result<Self, IngestError> {
         let dir = out_dir.join("shards");
         std::fs::create_dir_all(&dir).map_err(|e| IngestError::write(&dir, e))?;
+        let props = writer_props(zstd(settings.zstd_level)?, settings.row_group_rows.max(1));
+        let schema = shard_schema();
+        // The column writers depend only on schema and properties, not on the file.
+        let (template, factory) =
+            ArrowWriter::try_new(std::io::sink(), schema.clone(), Some(props.clone()))
+                .and_then(ArrowWriter::into_serialized_writer)
+                .map_err(|e| IngestError::write(&dir, e))?;
+        drop(template);
+        let rows_hint = (
+            settings.row_group_rows.clamp(1, 1 << 16),
+            usize::try_from(settings.row_group_bytes).map_or(64 << 20, |b| b.min(64 << 20))
+                + (1 << 20),
+        );
         Ok(ShardSink {
             out_dir,
             settings,
+            pool,
+            props,
+            factory,
+            schema,
+            rows: Rows::new(rows_hint.0, rows_hint.1),
+            rows_hint,
+            entries: Vec::new(),
+            shard_full: true,
+            groups_in_shard: 0,
+            group_bytes: 0,
+            group_rows: 0,
+            in_flight: VecDeque::new(),
             open: None,
-            rows: Rows::new(),
-            done: Vec::new(),
-        })
-    }
-
-    fn shard(&mut self) -> Result<&mut OpenShard, IngestError> {
-        if self.open.is_none() {
-            let rel = format!("shards/part-{:05}.parquet", self.done.len());
-            let path = self.out_dir.join(&rel);
-            let f = File::create(&path).map_err(|e| IngestError::write(&path, e))?;
-            let props = zstd_props(self.settings.zstd_level, self.settings.row_group_rows)?;
-            let writer = ArrowWriter::try_new(f, shard_schema(), Some(props))
-                .map_err(|e| IngestError::write(&path, e))?;
-            self.open = Some(OpenShard {
-                entry: ShardEntry {
-                    path: rel.clone(),
-                    rows: 0,
-                    train_rows: 0,
-                    val_rows: 0,
-                    text_bytes: 0,
-                    bytes: 0,
-                    blake3: String::new(),
-                },
-                rel,
-                path,
-                writer,
-                group_bytes: 0,
-                group_rows: 0,
-            });
-        }
-        self.open.as_mut().ok_or_else(|| IngestError::Write {
-            path: PathBuf::new(),
-            message: "no open shard".to_string(),
+            syncing: Vec::new(),
         })
     }
 
@@ -283,25 +359,32 @@ impl<'a> ShardSink<'a> {
         n_bytes: i64,
         split: &str,
     ) -> Result<(), IngestError> {
-        let (rg_bytes, rg_rows, shard_bytes) = (
-            self.settings.row_group_bytes,
-            self.settings.row_group_rows,
-            self.settings.shard_bytes,
-        );
-        let s = self.shard()?;
-        s.entry.rows += 1;
-        s.entry.text_bytes += text.len() as u64;
-        if split == "val" {
-            s.entry.val_rows += 1;
-        } else {
-            s.entry.train_rows += 1;
+        if self.shard_full {
+            self.entries.push(ShardEntry {
+                path: format!("shards/part-{:05}.parquet", self.entries.len()),
+                rows: 0,
+                train_rows: 0,
+                val_rows: 0,
+                text_bytes: 0,
+                bytes: 0,
+                blake3: String::new(),
+            });
+            self.shard_full = false;
+            self.groups_in_shard = 0;
         }
-        s.group_bytes += text.len() as u64;
-        s.group_rows += 1;
-        let (group_full, shard_full) = (
-            s.group_bytes >= rg_bytes || s.group_rows >= rg_rows,
-            s.entry.text_bytes >= shard_bytes,
-        );
+        let Some(e) = self.entries.last_mut() else {
+            return Ok(());
+        };
+        e.rows += 1;
+        e.text_bytes += text.len() as u64;
+        if split == "val" {
+            e.val_rows += 1;
+        } else {
+            e.train_rows += 1;
+        }
+        self.shard_full = e.text_bytes >= self.settings.shard_bytes;
+        self.group_bytes += text.len() as u64;
+        self.group_rows += 1;
         let r = &mut self.rows;
         r.id.append_value(id);
         r.source.append_value(source);
@@ -309,55 +392,111 @@ impl<'a> ShardSink<'a> {
         r.n_bytes.append_value(n_bytes);
         r.split.append_value(split);
         r.len += 1;
-        if shard_full {
-            self.close_shard()?;
-        } else if group_full || r.len >= 1024 {
-            self.write_rows(group_full)?;
+        if self.shard_full
+            || self.group_bytes >= self.settings.row_group_bytes
+            || self.group_rows >= self.settings.row_group_rows
+        {
+            self.end_group()?;
         }
         Ok(())
     }
 
-    fn write_rows(&mut self, end_group: bool) -> Result<(), IngestError> {
-        let Some(s) = self.open.as_mut() else {
+    fn shard_path(&self, index: usize) -> PathBuf {
+        self.out_dir.join(&self.entries[index].path)
+    }
+
+    /// Sends the collected rows off to be encoded as one row group.
+    fn end_group(&mut self) -> Result<(), IngestError> {
+        self.group_bytes = 0;
+        self.group_rows = 0;
+        if self.rows.len == 0 {
+            return Ok(());
+        }
+        let shard = self.entries.len() - 1;
+        let path = self.shard_path(shard);
+        let batch = self
+            .rows
+            .batch()
+            .map_err(|e| IngestError::write(&path, e))?;
+        self.rows = Rows::new(self.rows_hint.0, self.rows_hint.1);
+        let writers = self
+            .factory
+            .create_column_writers(self.groups_in_shard)
+            .map_err(|e| IngestError::write(&path, e))?;
+        self.groups_in_shard += 1;
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.pool.spawn(move || {
+            let _ = tx.send(encode(writers, &batch));
+        });
+        self.in_flight.push_back(Pending { shard, chunks: rx });
+        while self.in_flight.len() > self.pool.current_num_threads() + 1 {
+            self.append_next()?;
+        }
+        Ok(())
+    }
+
+    /// Appends the oldest encoded row group to its shard (opening and closing shards as needed).
+    fn append_next(&mut self) -> Result<(), IngestError> {
+        let Some(p) = self.in_flight.pop_front() else {
             return Ok(());
         };
-        if self.rows.len > 0 {
-            let batch = self
-                .rows
-                .batch()
-                .map_err(|e| IngestError::write(&s.path, e))?;
-            s.writer
-                .write(&batch)
-                .map_err(|e| IngestError::write(&s.path, e))?;
+        let path = self.shard_path(p.shard);
+        let chunks = p
+            .chunks
+            .recv()
+            .map_err(|_| IngestError::write(&path, "a row group encoder panicked"))?
+            .map_err(|e| IngestError::write(&path, e))?;
+        if self.open.as_ref().is_some_and(|o| o.index != p.shard) {
+            self.close_shard()?;
         }
-        if end_group {
-            s.writer
-                .flush()
-                .map_err(|e| IngestError::write(&s.path, e))?;
-            s.group_bytes = 0;
-            s.group_rows = 0;
+        if self.open.is_none() {
+            let file = File::create(&path).map_err(|e| IngestError::write(&path, e))?;
+            let sink = HashingFile {
+                file,
+                hasher: blake3::Hasher::new(),
+            };
+            let (writer, _) =
+                ArrowWriter::try_new(sink, self.schema.clone(), Some(self.props.clone()))
+                    .and_then(ArrowWriter::into_serialized_writer)
+                    .map_err(|e| IngestError::write(&path, e))?;
+            self.open = Some(OpenShard {
+                index: p.shard,
+                path: path.clone(),
+                writer,
+            });
         }
+        let Some(open) = self.open.as_mut() else {
+            return Ok(());
+        };
+        let mut rg = open
+            .writer
+            .next_row_group()
+            .map_err(|e| IngestError::write(&path, e))?;
+        for c in chunks {
+            c.append_to_row_group(&mut rg)
+                .map_err(|e| IngestError::write(&path, e))?;
+        }
+        rg.close().map_err(|e| IngestError::write(&path, e))?;
         Ok(())
     }
 
+    /// Writes the footer of the open shard, records its size and hash, and fsyncs it in the
+    /// background.
     fn close_shard(&mut self) -> Result<(), IngestError> {
-        self.write_rows(false)?;
         let Some(s) = self.open.take() else {
             return Ok(());
         };
-        let f = s
+        let sink = s
             .writer
             .into_inner()
             .map_err(|e| IngestError::write(&s.path, e))?;
-        f.sync_all().map_err(|e| IngestError::write(&s.path, e))?;
-        drop(f);
-        let h =
-            tardbot_core::hash::hash_file(&s.path).map_err(|e| IngestError::write(&s.path, e))?;
-        let mut entry = s.entry;
-        entry.bytes = h.bytes;
-        entry.blake3 = h.hex;
-        debug_assert_eq!(entry.path, s.rel);
-        self.done.push(entry);
+        let entry = &mut self.entries[s.index];
+        entry.bytes = sink.hasher.count();
+        entry.blake3 = sink.hasher.finalize().to_hex().to_string();
+        let (file, path) = (sink.file, s.path);
+        self.syncing.push(std::thread::spawn(move || {
+            file.sync_all().map_err(|e| IngestError::write(&path, e))
+        }));
         Ok(())
     }
 
@@ -371,8 +510,14 @@ impl<'a> ShardSink<'a> {
             message: format!("reading back the part: {e}"),
         };
         let f = File::open(part_path).map_err(|e| bad(&e))?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(f)
-            .map_err(|e| bad(&e))?
+        let builder = ParquetRecordBatchReaderBuilder::try_new(f).map_err(|e| bad(&e))?;
+        let wanted: Vec<usize> = ["id", "source", "text", "n_bytes", "split"]
+            .iter()
+            .map(|n| builder.schema().index_of(n).map_err(|e| bad(&e)))
+            .collect::<Result<_, _>>()?;
+        let mask = ProjectionMask::roots(builder.parquet_schema(), wanted);
+        let reader = builder
+            .with_projection(mask)
             .with_batch_size(1024)
             .build()
             .map_err(|e| bad(&e))?;
@@ -417,10 +562,19 @@ impl<'a> ShardSink<'a> {
         Ok(())
     }
 
-    /// Closes the last shard; returns every shard's entry.
+    /// Encodes and appends what is left, closes the last shard and waits for the fsyncs; returns
+    /// every shard's entry.
     pub fn finish(mut self) -> Result<Vec<ShardEntry>, IngestError> {
+        self.end_group()?;
+        while !self.in_flight.is_empty() {
+            self.append_next()?;
+        }
         self.close_shard()?;
-        Ok(self.done)
+        for h in self.syncing.drain(..) {
+            h.join()
+                .map_err(|_| IngestError::write(self.out_dir, "an fsync thread panicked"))??;
+        }
+        Ok(std::mem::take(&mut self.entries))
     }
 }
 
@@ -430,8 +584,9 @@ pub fn write_shards(
     settings: ShardSettings,
     parts: &[(u32, PathBuf)],
     plan: &KeepPlan,
+    pool: &rayon::ThreadPool,
 ) -> Result<Vec<ShardEntry>, IngestError> {
-    let mut sink = ShardSink::new(out_dir, settings)?;
+    let mut sink = ShardSink::new(out_dir, settings, pool)?;
     for (ordinal, path) in parts {
         sink.copy_part(path, plan.rows(*ordinal))?;
     }

@@ -160,6 +160,38 @@ pub fn select_shard(files: Vec<InputFile>, index: u32, count: u32) -> Vec<InputF
         .collect()
 }
 
+/// `--shard I/N` for a pipeline file: the config text with `ingest.shard_index = I` and
+/// `ingest.shard_count = N` set, and the config parsed and validated from it. The text is what a
+/// run records, so a resumed run processes the same shard.
+pub fn with_shard(
+    spec: &str,
+    text: &str,
+    path: &Path,
+    base_dir: &Path,
+) -> Result<(PipelineConfig, String), String> {
+    let (i, n) = spec
+        .split_once('/')
+        .and_then(|(i, n)| Some((i.trim().parse::<u32>().ok()?, n.trim().parse::<u32>().ok()?)))
+        .ok_or_else(|| format!("`{spec}` is not I/N (e.g. 0/4: the first of four shards)"))?;
+    if n == 0 || i >= n {
+        return Err(format!(
+            "`{spec}`: the index must be below the count (0-based, 0 <= I < N)"
+        ));
+    }
+    let mut doc: toml::Table = text.parse().map_err(|e| format!("{e}"))?;
+    let ingest = doc
+        .entry("ingest")
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    let toml::Value::Table(ingest) = ingest else {
+        return Err("`ingest` in the pipeline file is not a table".to_string());
+    };
+    ingest.insert("shard_index".into(), toml::Value::Integer(i64::from(i)));
+    ingest.insert("shard_count".into(), toml::Value::Integer(i64::from(n)));
+    let text = toml::to_string(&doc).map_err(|e| e.to_string())?;
+    let cfg = PipelineConfig::from_text(&text, path, base_dir).map_err(|e| e.to_string())?;
+    Ok((cfg, text))
+}
+
 /// One document as read, before cleaning.
 #[derive(Debug)]
 pub enum RawDoc {
@@ -279,23 +311,28 @@ fn read_text(
         return Ok(skips);
     };
     let sep = sep.as_bytes();
+    // Lines are read straight into the document (a separator line is cut off again), so a
+    // document's bytes are copied once out of the reader's buffer.
     let mut doc: Vec<u8> = Vec::new();
-    let mut line: Vec<u8> = Vec::new();
+    let mut skipped: Vec<u8> = Vec::new(); // the current line of an oversized document
     let (mut line_no, mut doc_start, mut oversized) = (0u64, 1u64, false);
     loop {
-        line.clear();
-        let n = r
-            .read_until(b'\n', &mut line)
-            .map_err(|e| corrupt(file, e))?;
+        let target = if oversized { &mut skipped } else { &mut doc };
+        let start = target.len();
+        let n = r.read_until(b'\n', target).map_err(|e| corrupt(file, e))?;
         line_no += 1;
         let at_end = n == 0;
-        if at_end || strip_eol(&line).trim_ascii() == sep {
+        if at_end || strip_eol(&target[start..]).trim_ascii() == sep {
+            target.truncate(start);
             if oversized {
                 too_large(file, doc_start, doc.len() as u64, opts)?;
                 skips.too_large += 1;
                 doc.clear();
-            } else if !doc.is_empty() && !emit(RawDoc::Bytes(std::mem::take(&mut doc))) {
-                return Ok(skips);
+            } else if !doc.is_empty() {
+                let next = Vec::with_capacity(doc.len());
+                if !emit(RawDoc::Bytes(std::mem::replace(&mut doc, next))) {
+                    return Ok(skips);
+                }
             }
             oversized = false;
             doc_start = line_no + 1;
@@ -305,15 +342,12 @@ fn read_text(
             continue;
         }
         if oversized {
-            continue;
-        }
-        if (doc.len() + line.len()) as u64 > limit {
+            skipped.clear();
+        } else if doc.len() as u64 > limit {
             oversized = true;
             doc.clear();
             doc.shrink_to_fit();
-            continue;
         }
-        doc.extend_from_slice(&line);
     }
 }
 
@@ -611,6 +645,17 @@ mod tests {
             (d, skips.too_large),
             (vec!["short\n".to_string(), "ok\n".to_string()], 1)
         );
+    }
+
+    #[test]
+    fn shard_option_rewrites_the_recorded_config() {
+        let text = "[model]\npreset = \"tiny\"\n[ingest]\nenabled = false\nsources = []\n";
+        let (cfg, t) = with_shard("1/3", text, Path::new("p.toml"), Path::new(".")).expect("ok");
+        assert_eq!((cfg.ingest.shard_index, cfg.ingest.shard_count), (1, 3));
+        assert!(t.contains("shard_count = 3"), "{t}");
+        for bad in ["3/3", "1", "a/b", "0/0"] {
+            assert!(with_shard(bad, text, Path::new("p.toml"), Path::new(".")).is_err());
+        }
     }
 
     #[test]

@@ -5,12 +5,13 @@ use crate::dedup;
 use crate::error::IngestError;
 use crate::filters::FilterRules;
 use crate::manifest::{MANIFEST_FILE, Manifest, SourceEntry};
-use crate::parts::{self, PartSettings};
+use crate::parts::{self, PartSettings, PendingPart};
 use crate::report::{self, Counts};
 use crate::shards::{self, ShardSettings};
 use crate::sources::{self, ReadOptions};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::sync_channel;
 use std::time::Instant;
 use tardbot_core::config::PipelineConfig;
 use tardbot_core::stage::{Resources, Stage, StageContext, StageError, StageOutput};
@@ -98,6 +99,9 @@ pub struct IngestSummary {
     /// Input files whose complete part was reused from an earlier attempt.
     pub resumed_files: usize,
     pub seconds: f64,
+    /// Wall seconds of each phase: `parts` (read, clean, filter, write the parts), `plan`
+    /// (dedup and mix over the parts' index columns), `shards` (write the output).
+    pub phases: Vec<(&'static str, f64)>,
     /// The end-of-run table, as printed.
     pub table: String,
 }
@@ -178,36 +182,63 @@ pub fn ingest(cfg: &PipelineConfig, env: &IngestEnv<'_>) -> Result<IngestSummary
         .collect();
     let mut parts: Vec<(u32, PathBuf)> = Vec::new();
     let mut resumed_files = 0;
-    for (ordinal, file) in files.iter().enumerate() {
-        if (env.cancelled)() {
-            return Err(IngestError::Interrupted);
-        }
-        let ordinal = ordinal as u32;
-        let marker = match parts::complete_part(&settings, ordinal, file) {
-            Some(m) => {
-                resumed_files += 1;
-                m
+    // Parts are made durable (fsync, rename, marker) on a thread of their own while the next
+    // file is read; all of them before the dedup reads the parts.
+    std::thread::scope(|scope| -> Result<(), IngestError> {
+        let (done_tx, done_rx) = sync_channel::<PendingPart>(4);
+        let finisher = scope.spawn(move || -> Result<(), IngestError> {
+            for pending in done_rx {
+                pending.complete()?;
             }
-            None => parts::build_part(&settings, ordinal, file, &pool)?,
-        };
-        if let Some(p) = marker.part_path(&settings.dir) {
-            parts.push((ordinal, p));
-        }
-        let c = per_source.entry(file.source_name.clone()).or_default();
-        c.add(&marker.counts);
-        (env.metrics)(
-            u64::from(ordinal),
-            &[
-                ("ingest/file/docs_in", marker.counts.docs_in as f64),
-                ("ingest/file/docs_kept", marker.counts.docs_kept as f64),
-                ("ingest/file/bytes_in", marker.counts.bytes_in as f64),
-                ("ingest/elapsed_s", started.elapsed().as_secs_f64()),
-            ],
-        );
-    }
+            Ok(())
+        });
+        let made = (|| -> Result<(), IngestError> {
+            for (ordinal, file) in files.iter().enumerate() {
+                if (env.cancelled)() {
+                    return Err(IngestError::Interrupted);
+                }
+                let ordinal = ordinal as u32;
+                let marker = match parts::complete_part(&settings, ordinal, file) {
+                    Some(m) => {
+                        resumed_files += 1;
+                        m
+                    }
+                    None => {
+                        let (marker, pending) = parts::build_part(&settings, ordinal, file, &pool)?;
+                        if done_tx.send(pending).is_err() {
+                            return Ok(()); // the finisher failed: its error is returned below
+                        }
+                        marker
+                    }
+                };
+                if let Some(p) = marker.part_path(&settings.dir) {
+                    parts.push((ordinal, p));
+                }
+                let c = per_source.entry(file.source_name.clone()).or_default();
+                c.add(&marker.counts);
+                (env.metrics)(
+                    u64::from(ordinal),
+                    &[
+                        ("ingest/file/docs_in", marker.counts.docs_in as f64),
+                        ("ingest/file/docs_kept", marker.counts.docs_kept as f64),
+                        ("ingest/file/bytes_in", marker.counts.bytes_in as f64),
+                        ("ingest/elapsed_s", started.elapsed().as_secs_f64()),
+                    ],
+                );
+            }
+            Ok(())
+        })();
+        drop(done_tx);
+        let finished = finisher.join().map_err(|_| IngestError::Write {
+            path: settings.dir.clone(),
+            message: "the part finisher thread panicked".to_string(),
+        })?;
+        made.and(finished)
+    })?;
     if (env.cancelled)() {
         return Err(IngestError::Interrupted);
     }
+    let parts_s = started.elapsed().as_secs_f64();
 
     // 3. Dedup across all sources, split and weighted mix (polars over the parts' index columns).
     let weights: BTreeMap<String, f64> = ic
@@ -229,6 +260,7 @@ pub fn ingest(cfg: &PipelineConfig, env: &IngestEnv<'_>) -> Result<IngestSummary
 
     // 4. An empty corpus is an error, not an empty artifact.
     let seconds_so_far = started.elapsed().as_secs_f64();
+    let plan_s = seconds_so_far - parts_s;
     if plan.total_rows() == 0 {
         eprintln!("{}", report::table(&per_source, &totals, seconds_so_far));
         return Err(IngestError::EmptyCorpus {
@@ -246,7 +278,7 @@ pub fn ingest(cfg: &PipelineConfig, env: &IngestEnv<'_>) -> Result<IngestSummary
         row_group_rows: ic.row_group_rows,
         zstd_level: ic.zstd_level,
     };
-    let shard_entries = shards::write_shards(env.out_dir, shard_settings, &parts, &plan)?;
+    let shard_entries = shards::write_shards(env.out_dir, shard_settings, &parts, &plan, &pool)?;
     let manifest = Manifest {
         format: 1,
         shard_indices: vec![ic.shard_index],
@@ -276,6 +308,11 @@ pub fn ingest(cfg: &PipelineConfig, env: &IngestEnv<'_>) -> Result<IngestSummary
 
     // 6. Metrics and the table.
     let seconds = started.elapsed().as_secs_f64();
+    let phases = vec![
+        ("parts", parts_s),
+        ("plan", plan_s),
+        ("shards", seconds - parts_s - plan_s),
+    ];
     for (name, c) in &per_source {
         log_counts(env, &format!("ingest/source/{name}"), c);
     }
@@ -298,6 +335,7 @@ pub fn ingest(cfg: &PipelineConfig, env: &IngestEnv<'_>) -> Result<IngestSummary
         manifest,
         resumed_files,
         seconds,
+        phases,
         table,
     })
 }

@@ -1,15 +1,13 @@
 //! From the upstream artifacts to tensors: the tokenizer's hash, the train/val token shards, and
 //! loader batches as model inputs.
 
-use candle_core::{Device, Tensor};
 use std::path::PathBuf;
 use tardbot_core::stage::{StageContext, StageError};
 use tardbot_tokens::Split;
-use tardbot_tokens::loader::{Batch, Loader, LoaderConfig};
 use tardbot_tokens::shard::TokenShard;
 use tardbot_tokens::shard::shard_split;
 use tardbot_tokens::special_tokens::padded_vocab_size;
-use tardbot_train::TokenBatch;
+use tardbot_train::{TokenBatch, fixed_batches};
 
 pub struct ShardSet {
     tokenizer_hash: String,
@@ -87,73 +85,6 @@ impl ShardSet {
         n: usize,
         seed: u64,
     ) -> Result<Vec<TokenBatch>, StageError> {
-        let shards = self.open(&self.val)?;
-        let mut loader = Loader::new(
-            shards,
-            LoaderConfig {
-                batch_size: 1,
-                seed,
-                rank: 0,
-                world_size: 1,
-            },
-        )
-        .map_err(StageError::failed)?;
-        let available = loader.total_windows() as usize;
-        let take = (batch_size * n).min(available).max(1);
-        let mut rows = Vec::with_capacity(take);
-        for _ in 0..take {
-            rows.push(loader.next_batch());
-        }
-        rows.chunks(batch_size)
-            .map(|chunk| batch_tensors(&concat(chunk)))
-            .collect()
+        fixed_batches(self.open(&self.val)?, batch_size, n, seed).map_err(StageError::Failed)
     }
-}
-
-fn concat(rows: &[Batch]) -> Batch {
-    let mut b = Batch {
-        batch_size: rows.len(),
-        window: rows[0].window,
-        ..Batch::default()
-    };
-    for r in rows {
-        b.tokens.extend_from_slice(&r.tokens);
-        b.doc_ids.extend_from_slice(&r.doc_ids);
-        b.positions.extend_from_slice(&r.positions);
-        b.loss_mask.extend_from_slice(&r.loss_mask);
-    }
-    b
-}
-
-/// A loader batch (rows of `seq_len + 1`) as inputs `[.., :-1]`, targets `[.., 1:]`, the inputs'
-/// document ids, and the targets' loss mask.
-pub fn batch_tensors(b: &Batch) -> Result<TokenBatch, StageError> {
-    let (rows, w) = (b.batch_size, b.window);
-    let t = w - 1;
-    let mut inputs = Vec::with_capacity(rows * t);
-    let mut targets = Vec::with_capacity(rows * t);
-    let mut docs = Vec::with_capacity(rows * t);
-    let mut mask = Vec::with_capacity(rows * t);
-    for r in 0..rows {
-        let row = r * w..(r + 1) * w;
-        let (tok, doc, lm) = (
-            &b.tokens[row.clone()],
-            &b.doc_ids[row.clone()],
-            &b.loss_mask[row],
-        );
-        inputs.extend_from_slice(&tok[..t]);
-        targets.extend_from_slice(&tok[1..]);
-        docs.extend_from_slice(&doc[..t]);
-        mask.extend(lm[1..].iter().map(|&m| m as f32));
-    }
-    let tokens = mask.iter().filter(|&&m| m > 0.0).count() as u64;
-    let dev = Device::Cpu;
-    let f = |e: candle_core::Error| StageError::failed(e);
-    Ok(TokenBatch {
-        inputs: Tensor::from_vec(inputs, (rows, t), &dev).map_err(f)?,
-        targets: Tensor::from_vec(targets, (rows, t), &dev).map_err(f)?,
-        doc_ids: Some(Tensor::from_vec(docs, (rows, t), &dev).map_err(f)?),
-        loss_mask: Some(Tensor::from_vec(mask, (rows, t), &dev).map_err(f)?),
-        tokens,
-    })
 }

@@ -2,5 +2,12 @@
 //!
 //! - [`tasks`]: the data builder (templated over a glossary and a verse text, plus generated tasks whose
 //!   answers are computed) and the exact-match scorer.
+//! - [`stage`]: the stage: build examples, fine-tune from `pretrain`, exact-match eval.
+//!
+//! What it does not do: the training loop, checkpoints and generation (`tardbot-finetune`,
+//! `tardbot-train`) or the chat template (`tardbot-tokens`).
 
+pub mod stage;
 pub mod tasks;
+
+pub use stage::SftStage;

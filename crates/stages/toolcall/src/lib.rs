@@ -4,8 +4,23 @@
 //! - [`schema`]: tool definitions (JSON schema) and validating a call against them.
 //! - [`tools`]: real local tools (calculator, unit converter, lookup) used in generated conversations.
 //! - [`data`]: the data builder (BFCL rows + generated multi-turn conversations) and the call scorer.
+//! - [`stage`]: the stage: build examples, fine-tune from `sft`, tool-call evals.
+//!
+//! What it does not do: the training loop, checkpoints and generation (`tardbot-finetune`,
+//! `tardbot-train`) or the chat template (`tardbot-tokens`).
 
 pub mod call;
 pub mod data;
 pub mod schema;
+pub mod stage;
 pub mod tools;
+
+pub use stage::ToolcallStage;
+
+pub use call::{CallError, ParsedCall, parse_tool_calls};
+pub use data::{
+    ABSTAIN_ANSWER, CallScore, DataError, Expected, aggregate, bfcl_examples, first_call_example,
+    generated_examples, load_bfcl, score, tools_system_prompt,
+};
+pub use schema::{ToolSpec, Violation, validate_call};
+pub use tools::LocalTool;

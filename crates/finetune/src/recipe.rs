@@ -1,0 +1,288 @@
+//! The fine-tuning recipe every chat stage runs: build data, start from the upstream model, train on
+//! assistant tokens only, evaluate before and after, publish.
+//!
+//! 1. Inputs: the tokenizer and the upstream stage's `model` + `model-config`.
+//! 2. Data: the stage's examples split train/val by a hash of their id, written as JSONL artifacts,
+//!    rendered through the one chat template (loss mask on assistant tokens) and packed into token
+//!    shards (artifacts too). Conversations longer than a window are left out and counted, since a
+//!    cropped example would train on a prompt without its answer.
+//! 3. Trainer from the upstream weights; on resume, weights, moments, step and loader cursor from
+//!    the newest checkpoint (the data is rebuilt deterministically, and the loader checks it is the
+//!    same data by content).
+//! 4. Evals at step 0 (before the stage), every `eval_every` steps (held-out loss) and at the end
+//!    (held-out loss and the stage's task eval: greedy generation on held-out prompts, scored).
+//! 5. Publish `model.safetensors` + `model.json` for the next stage.
+
+use crate::chat_model::{greedy, respond};
+use crate::example::{ChatExample, is_validation, write_jsonl};
+use std::path::{Path, PathBuf};
+use tardbot_core::ModelConfig;
+use tardbot_core::config::{TaskEvalConfig, TrainConfig};
+use tardbot_core::stage::{StageContext, StageError, StageOutput};
+use tardbot_tokens::LoadedTokenizer;
+use tardbot_tokens::chat::{RenderedChat, render_chat, write_chat_shard};
+use tardbot_tokens::loader::{Loader, LoaderConfig};
+use tardbot_tokens::shard::TokenShard;
+use tardbot_train::stage_loop::{record_val_loss, restore, train_loop};
+use tardbot_train::{Trainer, fixed_batches};
+use tracing::info;
+
+/// Scores generated answers: `(example, generated text)` pairs in, named figures out (rates in
+/// [0, 1], e.g. `exact_match`, `valid_json_rate`).
+pub type Scorer = dyn Fn(&[(&ChatExample, String)]) -> Vec<(String, f64)>;
+
+/// What a stage hands to [`run`].
+pub struct Finetune<'a> {
+    /// The stage whose `model` artifact this stage starts from.
+    pub upstream: &'static str,
+    pub train: &'a TrainConfig,
+    pub eval: &'a TaskEvalConfig,
+    pub validation_fraction: f64,
+    pub examples: Vec<ChatExample>,
+    pub scorer: &'a Scorer,
+}
+
+/// The file of the upstream artifact of `kind` produced by `stage`.
+pub fn input_file(ctx: &StageContext, stage: &str, kind: &str) -> Result<PathBuf, StageError> {
+    ctx.input(stage)
+        .iter()
+        .find(|a| a.kind == kind)
+        .map(|a| PathBuf::from(&a.path))
+        .ok_or_else(|| {
+            StageError::failed(format!(
+                "the `{stage}` stage recorded no `{kind}` artifact; re-run it (`--force {stage}`)"
+            ))
+        })
+}
+
+pub fn run(ctx: &StageContext, spec: Finetune) -> Result<StageOutput, StageError> {
+    let cfg = spec.train;
+    let seed = ctx.config.seed;
+
+    // 1. Inputs.
+    let tokenizer =
+        tardbot_tokens::tokenizer::load_tokenizer(&input_file(ctx, "tokenizer", "tokenizer")?)
+            .map_err(StageError::failed)?;
+    let weights = input_file(ctx, spec.upstream, "model")?;
+    let model_json = input_file(ctx, spec.upstream, "model-config")?;
+    let model_cfg: ModelConfig = serde_json::from_slice(&std::fs::read(&model_json)?)
+        .map_err(|e| StageError::failed(format!("{}: {e}", model_json.display())))?;
+
+    // 2. Data.
+    let data = Data::build(
+        ctx,
+        &tokenizer,
+        spec.examples,
+        spec.validation_fraction,
+        cfg,
+    )?;
+    let val_batches = fixed_batches(
+        data.open_val(&tokenizer)?,
+        cfg.batch_size,
+        cfg.eval_batches,
+        seed,
+    )
+    .map_err(StageError::Failed)?;
+
+    // 3. Trainer and loader.
+    let mut trainer =
+        Trainer::from_weights(&model_cfg, cfg, &weights).map_err(StageError::failed)?;
+    let resumed = ctx.resume.is_some();
+    let mut loader = match restore(ctx, &mut trainer, data.open_train(&tokenizer)?)? {
+        Some(loader) => loader,
+        None => {
+            let lc = LoaderConfig {
+                batch_size: cfg.batch_size,
+                seed,
+                rank: 0,
+                world_size: 1,
+            };
+            Loader::new(data.open_train(&tokenizer)?, lc).map_err(StageError::failed)?
+        }
+    };
+    ctx.event(
+        "finetune_start",
+        serde_json::json!({
+            "from": spec.upstream, "step": trainer.step, "train_examples": data.train.len(),
+            "val_examples": data.val.len(), "too_long": data.too_long,
+        }),
+    )?;
+
+    // 4. Before: the upstream model on this stage's held-out data (once per run).
+    let task_eval =
+        |trainer: &Trainer| task_eval(ctx, trainer, &tokenizer, &data.val, spec.eval, spec.scorer);
+    if !resumed {
+        record_val_loss(ctx, &trainer, &val_batches)?;
+        task_eval(&trainer)?;
+    }
+    let steps = cfg.steps;
+    train_loop(ctx, cfg, &mut trainer, &mut loader, &mut |t| {
+        record_val_loss(ctx, t, &val_batches)?;
+        if t.step == steps {
+            task_eval(t)?;
+        }
+        Ok(())
+    })?;
+
+    // 5. Publish.
+    trainer
+        .save_weights(&ctx.out_dir.join("model.safetensors"))
+        .map_err(StageError::failed)?;
+    let cfg_json = serde_json::to_vec_pretty(&model_cfg).map_err(StageError::failed)?;
+    std::fs::write(ctx.out_dir.join("model.json"), cfg_json)?;
+    Ok(StageOutput::default()
+        .with("model", "model.safetensors")
+        .with("model-config", "model.json")
+        .with("examples", "examples/train.jsonl")
+        .with("examples", "examples/val.jsonl")
+        .with("chat-shard", "shards/train")
+        .with("chat-shard", "shards/val"))
+}
+
+/// The stage's examples, split, rendered and packed under the attempt's output directory.
+struct Data {
+    train: Vec<ChatExample>,
+    val: Vec<ChatExample>,
+    too_long: usize,
+    dir: PathBuf,
+}
+
+impl Data {
+    fn build(
+        ctx: &StageContext,
+        tok: &LoadedTokenizer,
+        examples: Vec<ChatExample>,
+        val_fraction: f64,
+        cfg: &TrainConfig,
+    ) -> Result<Data, StageError> {
+        let window = cfg.seq_len + 1;
+        let (mut train, mut val) = (Vec::new(), Vec::new());
+        let (mut train_chats, mut val_chats) = (Vec::new(), Vec::new());
+        let mut too_long = 0;
+        for ex in examples {
+            let chat: RenderedChat = render_chat(tok, &ex.conversation, false)
+                .map_err(|e| StageError::failed(format!("example `{}`: {e}", ex.id)))?;
+            if chat.tokens.len() > window {
+                too_long += 1;
+                continue;
+            }
+            if is_validation(&ex.id, val_fraction) {
+                val.push(ex);
+                val_chats.push(chat);
+            } else {
+                train.push(ex);
+                train_chats.push(chat);
+            }
+        }
+        if train.is_empty() || val.is_empty() {
+            return Err(StageError::failed(format!(
+                "{} train and {} validation examples fit in {window} tokens ({too_long} longer ones left out); \
+                 raise {}.seq_len or add data",
+                train.len(),
+                val.len(),
+                ctx.stage
+            )));
+        }
+        if too_long > 0 {
+            info!(
+                too_long,
+                window, "examples longer than a window are left out"
+            );
+        }
+        let dir = ctx.out_dir.clone();
+        std::fs::create_dir_all(dir.join("examples"))?;
+        write_jsonl(&dir.join("examples/train.jsonl"), &train).map_err(StageError::failed)?;
+        write_jsonl(&dir.join("examples/val.jsonl"), &val).map_err(StageError::failed)?;
+        for (name, chats) in [("train", &train_chats), ("val", &val_chats)] {
+            let shard = dir.join("shards").join(name);
+            std::fs::create_dir_all(&shard)?;
+            let s =
+                write_chat_shard(&shard, tok, chats, cfg.seq_len).map_err(StageError::failed)?;
+            info!(split = name, summary = ?s, "chat shard written");
+        }
+        Ok(Data {
+            train,
+            val,
+            too_long,
+            dir,
+        })
+    }
+
+    fn open(&self, name: &str, tok: &LoadedTokenizer) -> Result<Vec<TokenShard>, StageError> {
+        let shard = TokenShard::open(&self.dir.join("shards").join(name), Some(&tok.hash))
+            .map_err(StageError::failed)?;
+        Ok(vec![shard])
+    }
+
+    fn open_train(&self, tok: &LoadedTokenizer) -> Result<Vec<TokenShard>, StageError> {
+        self.open("train", tok)
+    }
+
+    fn open_val(&self, tok: &LoadedTokenizer) -> Result<Vec<TokenShard>, StageError> {
+        self.open("val", tok)
+    }
+}
+
+/// Greedy answers to the first `eval.examples` held-out prompts, scored and recorded under the
+/// stage's own suite (e.g. `toolcall/exact_match`).
+pub fn task_eval(
+    ctx: &StageContext,
+    trainer: &Trainer,
+    tok: &LoadedTokenizer,
+    val: &[ChatExample],
+    eval: &TaskEvalConfig,
+    scorer: &Scorer,
+) -> Result<(), StageError> {
+    if eval.examples == 0 {
+        return Ok(());
+    }
+    let picked: Vec<ChatExample> = eval_sample(val, eval.examples);
+    let answers = generate_answers(&trainer.model, tok, &picked, eval.max_new_tokens)
+        .map_err(StageError::Failed)?;
+    let pairs: Vec<(&ChatExample, String)> = picked.iter().zip(answers).collect();
+    for (metric, value) in scorer(&pairs) {
+        ctx.record_eval(None, trainer.step, ctx.stage, &metric, value, pairs.len())?;
+        info!(
+            step = trainer.step,
+            suite = ctx.stage,
+            metric,
+            value = format!("{value:.3}"),
+            "task eval"
+        );
+    }
+    Ok(())
+}
+
+/// `n` held-out examples spread evenly over the validation set (which is in build order, so every
+/// source and task kind is represented, not just the first).
+pub fn eval_sample(val: &[ChatExample], n: usize) -> Vec<ChatExample> {
+    let n = n.min(val.len());
+    (0..n).map(|i| val[i * val.len() / n].clone()).collect()
+}
+
+/// Greedy answers to each example's prompt.
+pub fn generate_answers(
+    model: &tardbot_model::TardBot,
+    tok: &LoadedTokenizer,
+    examples: &[ChatExample],
+    max_new_tokens: usize,
+) -> Result<Vec<String>, crate::chat_model::Error> {
+    examples
+        .iter()
+        .map(|ex| {
+            respond(
+                model,
+                tok,
+                &ex.prompt(),
+                max_new_tokens,
+                greedy(),
+                &mut |_| true,
+            )
+        })
+        .collect()
+}
+
+/// Where a stage's example files are, relative to its output directory (for `eval`).
+pub fn examples_path(out_dir: &Path, split: &str) -> PathBuf {
+    out_dir.join("examples").join(format!("{split}.jsonl"))
+}

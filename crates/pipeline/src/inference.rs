@@ -1,0 +1,294 @@
+//! `generate`, `chat` and `eval`: talking to the model a run produced, and scoring it on a file.
+
+use crate::workspace::Workspace;
+use anyhow::{Context as _, bail};
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use tardbot_core::PipelineConfig;
+use tardbot_finetune::{ChatExample, ChatModel, generate_answers, read_jsonl, respond};
+use tardbot_ledger::{AttemptStatus, Eval, Ledger, Run};
+use tardbot_model::SamplingParams;
+use tardbot_tokens::chat::{Conversation, Message, Role};
+
+/// Training stages, last first: the default model of a run is the newest one that finished.
+const MODEL_STAGES: [&str; 4] = ["cot", "toolcall", "sft", "pretrain"];
+
+/// A run's model: which stage produced it, the attempt that trained it, and the loaded model.
+pub struct RunModel {
+    pub stage: String,
+    pub attempt_id: i64,
+    pub model: ChatModel,
+}
+
+/// Loads the model of `stage` (default: the newest finished training stage) of a run.
+pub async fn load_run_model(
+    ledger: &Ledger,
+    run: &Run,
+    stage: Option<&str>,
+) -> anyhow::Result<RunModel> {
+    let attempts = ledger.attempts(run.id).await?;
+    let finished = |s: &str| {
+        attempts
+            .iter()
+            .rev()
+            .find(|a| {
+                a.stage == s && matches!(a.status, AttemptStatus::Succeeded | AttemptStatus::Cached)
+            })
+            .map(|a| a.cached_from.unwrap_or(a.id))
+    };
+    let (stage, attempt_id) = match stage {
+        Some(s) => match finished(s) {
+            Some(id) => (s.to_string(), id),
+            None => bail!(
+                "run {} has no finished `{s}` stage; `tardbot-pipeline status {}` shows what ran",
+                run.name,
+                run.name
+            ),
+        },
+        None => match MODEL_STAGES
+            .iter()
+            .find_map(|s| finished(s).map(|id| (s.to_string(), id)))
+        {
+            Some(found) => found,
+            None => bail!(
+                "run {} has not finished any training stage yet (pretrain, sft, toolcall, cot)",
+                run.name
+            ),
+        },
+    };
+    let file = |kind: &str, artifacts: &[tardbot_ledger::Artifact]| -> anyhow::Result<PathBuf> {
+        artifacts
+            .iter()
+            .find(|a| a.kind == kind)
+            .map(|a| PathBuf::from(&a.path))
+            .with_context(|| {
+                format!(
+                    "the `{stage}` stage of run {} recorded no `{kind}`",
+                    run.name
+                )
+            })
+    };
+    let artifacts = ledger.artifacts(attempt_id).await?;
+    let tokenizer = {
+        let t = attempts
+            .iter()
+            .rev()
+            .find(|a| a.stage == "tokenizer" && a.status.is_done())
+            .map(|a| a.cached_from.unwrap_or(a.id))
+            .context("the run has no tokenizer")?;
+        file("tokenizer", &ledger.artifacts(t).await?)?
+    };
+    let model = ChatModel::load(
+        &file("model", &artifacts)?,
+        &file("model-config", &artifacts)?,
+        &tokenizer,
+    )
+    .map_err(|e| anyhow::anyhow!("loading the `{stage}` model of run {}: {e}", run.name))?;
+    Ok(RunModel {
+        stage,
+        attempt_id,
+        model,
+    })
+}
+
+pub struct GenerateOptions {
+    pub max_new_tokens: usize,
+    pub sampling: SamplingParams,
+    pub system: Option<String>,
+}
+
+/// One prompt (a user turn), the answer streamed to stdout.
+pub fn generate(m: &RunModel, prompt: &str, o: &GenerateOptions) -> anyhow::Result<()> {
+    let mut messages = Vec::new();
+    if let Some(s) = &o.system {
+        messages.push(Message::new(Role::System, s.clone()));
+    }
+    messages.push(Message::new(Role::User, prompt));
+    stream_answer(m, &Conversation { messages }, o)?;
+    Ok(())
+}
+
+/// Reads user turns from stdin until EOF or `/quit`; the conversation accumulates.
+pub fn chat(m: &RunModel, o: &GenerateOptions) -> anyhow::Result<()> {
+    let mut conv = Conversation {
+        messages: Vec::new(),
+    };
+    if let Some(s) = &o.system {
+        conv.messages.push(Message::new(Role::System, s.clone()));
+    }
+    eprintln!(
+        "chatting with the `{}` model (Ctrl-D or /quit to leave, /reset to start over)",
+        m.stage
+    );
+    let stdin = std::io::stdin();
+    loop {
+        eprint!("you> ");
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 {
+            break;
+        }
+        let line = line.trim();
+        match line {
+            "" => continue,
+            "/quit" => break,
+            "/reset" => {
+                conv.messages.retain(|m| m.role == Role::System);
+                continue;
+            }
+            _ => {}
+        }
+        conv.messages.push(Message::new(Role::User, line));
+        eprint!("bot> ");
+        let answer = stream_answer(m, &conv, o)?;
+        conv.messages.push(Message::new(Role::Assistant, answer));
+    }
+    Ok(())
+}
+
+fn stream_answer(m: &RunModel, conv: &Conversation, o: &GenerateOptions) -> anyhow::Result<String> {
+    let mut out = std::io::stdout();
+    let answer = respond(
+        &m.model.model,
+        &m.model.tokenizer,
+        conv,
+        o.max_new_tokens,
+        o.sampling.clone(),
+        &mut |piece| {
+            let _ = out.write_all(piece.as_bytes());
+            let _ = out.flush();
+            true
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("generation failed: {e}"))?;
+    println!();
+    Ok(answer)
+}
+
+/// Which task eval to run.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Suite {
+    Sft,
+    Toolcall,
+    Cot,
+}
+
+impl Suite {
+    fn name(self) -> &'static str {
+        match self {
+            Suite::Sft => "sft",
+            Suite::Toolcall => "toolcall",
+            Suite::Cot => "cot",
+        }
+    }
+}
+
+/// Reads an eval file: the stage's example JSONL (`{id, kind, conversation, reference}`, e.g. a
+/// stage's `examples/val.jsonl`) or the suite's source format (BFCL rows for toolcall, GSM rows for cot).
+pub fn read_eval_file(suite: Suite, path: &Path) -> anyhow::Result<Vec<ChatExample>> {
+    let first = std::fs::File::open(path)
+        .map(std::io::BufReader::new)
+        .with_context(|| format!("opening {}", path.display()))?
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| !l.trim().is_empty())
+        .with_context(|| format!("{} is empty", path.display()))?;
+    let is_examples = serde_json::from_str::<serde_json::Value>(&first)
+        .map(|v| v.get("conversation").is_some())
+        .unwrap_or(false);
+    Ok(match (is_examples, suite) {
+        (true, _) => read_jsonl(path)?,
+        (false, Suite::Toolcall) => tardbot_toolcall::data::bfcl_examples(path)?,
+        (false, Suite::Cot) => tardbot_cot::problems::build_examples(path, 0)?,
+        (false, Suite::Sft) => bail!(
+            "{}: the sft suite reads example JSONL (`{{id, kind, conversation, reference}}`, as in a run's \
+             stages/sft/out/examples/val.jsonl)",
+            path.display()
+        ),
+    })
+}
+
+/// Scores `examples` with the suite's scorer, prints the figures, records them under the suite
+/// `<suite>:<file name>` on the attempt that trained the model.
+pub async fn eval(
+    ledger: &Ledger,
+    run: &Run,
+    m: &RunModel,
+    suite: Suite,
+    data: &Path,
+    limit: Option<usize>,
+    max_new_tokens: usize,
+) -> anyhow::Result<Vec<(String, f64)>> {
+    let mut examples = read_eval_file(suite, data)?;
+    if let Some(n) = limit {
+        examples.truncate(n);
+    }
+    if examples.is_empty() {
+        bail!("{} holds no examples", data.display());
+    }
+    let started = std::time::Instant::now();
+    let answers = generate_answers(
+        &m.model.model,
+        &m.model.tokenizer,
+        &examples,
+        max_new_tokens,
+    )
+    .map_err(|e| anyhow::anyhow!("generation failed: {e}"))?;
+    let pairs: Vec<(&ChatExample, String)> = examples.iter().zip(answers).collect();
+    let figures = match suite {
+        Suite::Sft => tardbot_sft::stage::score(&pairs),
+        Suite::Toolcall => tardbot_toolcall::stage::score_all(&pairs),
+        Suite::Cot => tardbot_cot::stage::score(&pairs),
+    };
+    let file = data
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let suite_name = format!("{}:{file}", suite.name());
+    let step = stage_steps(run, &m.stage);
+    println!(
+        "{} examples of {} on the `{}` model of {} ({:.1}s)",
+        pairs.len(),
+        data.display(),
+        m.stage,
+        run.name,
+        started.elapsed().as_secs_f64()
+    );
+    for (metric, value) in &figures {
+        println!("  {metric:<32} {value:.4}");
+        ledger
+            .record_eval(&Eval {
+                attempt_id: m.attempt_id,
+                checkpoint_id: None,
+                step: step as i64,
+                suite: suite_name.clone(),
+                metric: metric.clone(),
+                value: Some(*value),
+                samples: pairs.len() as i64,
+            })
+            .await?;
+    }
+    Ok(figures)
+}
+
+/// The configured steps of a training stage in the run's recorded config (the step of its final model).
+fn stage_steps(run: &Run, stage: &str) -> u64 {
+    let cfg = PipelineConfig::from_text(
+        &run.config_toml,
+        Path::new("pipeline.toml"),
+        Path::new(&run.config_dir),
+    );
+    cfg.map(|c| match stage {
+        "sft" => c.sft.steps,
+        "toolcall" => c.toolcall.steps,
+        "cot" => c.cot.steps,
+        _ => c.pretrain.steps,
+    })
+    .unwrap_or(0)
+}
+
+/// The workspace's ledger and the named run.
+pub async fn open_run(ws: &Workspace, run: &str) -> anyhow::Result<(Ledger, Run)> {
+    let ledger = Ledger::open(&ws.ledger_path()).await?;
+    let run = ledger.run(run).await?;
+    Ok((ledger, run))
+}

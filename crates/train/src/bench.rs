@@ -1,0 +1,300 @@
+//! Training-step benchmark (`tardbot-pipeline bench train`): full optimizer steps (forward, backward,
+//! AdamW) of the [`Trainer`] on random tokens, fp32 on CPU, with tokens/s, model FLOP utilisation,
+//! where the time goes and peak RSS. The FLOP count is the PyTorch peer's (`shared/bench/torch_ref.py`,
+//! `active_flops_per_token`) so that the two report comparable figures.
+
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use serde_json::json;
+use tardbot_core::ModelConfig;
+use tardbot_core::config::TrainConfig;
+use tardbot_model::profile::{self, Counter};
+
+use crate::trainer::{Result, StepTimings, TokenBatch, TrainError, Trainer};
+
+/// Measured fp32 FMA peak of the 2-core development machine (see `shared/bench/README.md`).
+pub const DEFAULT_PEAK_GFLOPS: f64 = 231.0;
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct BenchTrainOptions {
+    pub preset: String,
+    pub batch: usize,
+    pub seq: usize,
+    /// Timed steps (after `warmup` untimed ones).
+    pub steps: usize,
+    pub warmup: usize,
+    pub activation_checkpointing: bool,
+    /// Rayon threads (None: the global pool).
+    pub threads: Option<usize>,
+    /// fp32 peak the MFU is computed against, GFLOP/s.
+    pub peak_gflops: f64,
+    pub seed: u64,
+}
+
+impl Default for BenchTrainOptions {
+    fn default() -> Self {
+        BenchTrainOptions {
+            preset: "tiny".into(),
+            batch: 8,
+            seq: 256,
+            steps: 5,
+            warmup: 2,
+            activation_checkpointing: false,
+            threads: None,
+            peak_gflops: DEFAULT_PEAK_GFLOPS,
+            seed: 0,
+        }
+    }
+}
+
+/// Training FLOPs per token (forward + backward = 6 × active parameters, plus the attention
+/// products), counted exactly as the PyTorch peer counts them.
+pub fn flops_per_token(cfg: &ModelConfig, seq: usize) -> f64 {
+    let (h, l, e) = (
+        cfg.hidden_size as f64,
+        cfg.n_layers as f64,
+        cfg.n_experts as f64,
+    );
+    let hd = cfg.head_dim() as f64;
+    let (nh, nkv) = (cfg.n_heads as f64, cfg.n_kv_heads as f64);
+    let attn_p = h * (nh * hd + 2.0 * nkv * hd) + nh * hd * h;
+    let mlp_p = 3.0 * h * cfg.intermediate_size as f64;
+    let dense = cfg.n_dense_layers as f64;
+    let moe = l - dense;
+    let k = cfg.experts_per_token as f64;
+    let p = l * attn_p + dense * mlp_p + moe * (k * mlp_p + h * e) + cfg.vocab_size as f64 * h;
+    let att = l * 2.0 * 2.0 * nh * hd * (seq.min(cfg.window) as f64) / 2.0;
+    6.0 * p + 3.0 * att
+}
+
+/// Peak resident set size of this process (Linux `VmHWM`), MiB.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Current resident set size (Linux `VmRSS`), MiB.
+pub fn rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Resets the peak RSS to the current RSS (Linux `clear_refs` 5); false where unsupported.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+fn random_batch(cfg: &ModelConfig, batch: usize, seq: usize, seed: u64) -> Result<TokenBatch> {
+    let mut r = tardbot_model::rng::Rng::new(seed);
+    let ids: Vec<u32> = (0..batch * (seq + 1))
+        .map(|_| (r.next_u64() % cfg.vocab_size as u64) as u32)
+        .collect();
+    let all = Tensor::from_vec(ids, (batch, seq + 1), &Device::Cpu)?;
+    Ok(TokenBatch {
+        inputs: all.narrow(1, 0, seq)?.contiguous()?,
+        targets: all.narrow(1, 1, seq)?.contiguous()?,
+        doc_ids: None,
+        loss_mask: None,
+        tokens: (batch * seq) as u64,
+    })
+}
+
+/// Runs the benchmark, prints a table and returns the figures (`tokens_per_s` among them).
+pub fn bench_train(opts: &BenchTrainOptions) -> Result<serde_json::Value> {
+    match opts.threads {
+        Some(n) => {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .map_err(|e| TrainError::Candle(candle_core::Error::Msg(e.to_string())))?;
+            pool.install(|| run(opts))
+        }
+        None => run(opts),
+    }
+}
+
+fn run(opts: &BenchTrainOptions) -> Result<serde_json::Value> {
+    let cfg = ModelConfig::from_preset(&opts.preset).ok_or_else(|| {
+        TrainError::Model(tardbot_model::ModelError::Config(format!(
+            "unknown preset `{}`",
+            opts.preset
+        )))
+    })?;
+    if opts.batch == 0 || opts.seq == 0 || opts.steps == 0 {
+        return Err(TrainError::Model(tardbot_model::ModelError::Input(
+            "batch, seq and steps must be at least 1".into(),
+        )));
+    }
+    let train = TrainConfig {
+        steps: (opts.steps + opts.warmup) as u64,
+        batch_size: opts.batch,
+        seq_len: opts.seq,
+        lr: 3e-4,
+        warmup_steps: 0,
+        activation_checkpointing: opts.activation_checkpointing,
+        ..TrainConfig::pretrain_default()
+    };
+    let rss_before_model = peak_rss_mib();
+    let mut trainer = Trainer::new(&cfg, &train, opts.seed)?;
+    let rss_model = peak_rss_mib();
+    let batch = random_batch(&cfg, opts.batch, opts.seq, opts.seed + 1)?;
+    for _ in 0..opts.warmup {
+        trainer.train_step(std::slice::from_ref(&batch))?;
+    }
+    // Steady state: the optimizer moments are touched by the first update, so measure the peak of
+    // the timed steps only (an allocator that returns freed memory shows the steps' own peak).
+    let peak_reset = opts.warmup > 0 && reset_peak_rss();
+    let rss_before_steps = rss_mib();
+    profile::enable(true);
+    let mut sum = StepTimings::default();
+    let mut step_s = Vec::with_capacity(opts.steps);
+    let mut last = None;
+    let started = Instant::now();
+    for _ in 0..opts.steps {
+        let t = Instant::now();
+        let r = trainer.train_step(std::slice::from_ref(&batch))?;
+        step_s.push(t.elapsed().as_secs_f64());
+        sum.forward_s += r.timings.forward_s;
+        sum.backward_s += r.timings.backward_s;
+        sum.optimizer_s += r.timings.optimizer_s;
+        last = Some(r);
+    }
+    let total = started.elapsed().as_secs_f64();
+    let n = opts.steps as f64;
+    let attn_fwd = profile::seconds(Counter::AttentionForward) / n;
+    let dispatch_fwd = profile::seconds(Counter::MoeDispatchForward) / n;
+    let experts_fwd = profile::seconds(Counter::MoeExpertsForward) / n;
+    profile::enable(false);
+    let last = last.expect("at least one step");
+    let step = total / n;
+    let tokens = (opts.batch * opts.seq) as f64;
+    let tokens_per_s = tokens / step;
+    let flops = flops_per_token(&cfg, opts.seq);
+    let gflops = tokens_per_s * flops / 1e9;
+    let params = cfg.param_counts();
+    let (fwd, bwd, opt) = (sum.forward_s / n, sum.backward_s / n, sum.optimizer_s / n);
+    let other = (step - fwd - bwd - opt).max(0.0);
+    let pct = |x: f64| 100.0 * x / step;
+    let threads = rayon::current_num_threads();
+    let rss = peak_rss_mib();
+    let mut best = step_s.clone();
+    best.sort_by(f64::total_cmp);
+
+    println!(
+        "training-step benchmark: preset {} ({:.1}M params, {:.1}M active/token), batch {} × seq {}, fp32 CPU, {} threads{}",
+        opts.preset,
+        params.total as f64 / 1e6,
+        params.active_per_token as f64 / 1e6,
+        opts.batch,
+        opts.seq,
+        threads,
+        if opts.activation_checkpointing {
+            ", activation checkpointing"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "  step                 {:>9.1} ms   (best {:.1} ms, {} timed steps after {} warm-up)",
+        step * 1e3,
+        best[0] * 1e3,
+        opts.steps,
+        opts.warmup
+    );
+    println!("  tokens/s             {:>9.1}", tokens_per_s);
+    println!(
+        "  model FLOP/s         {:>9.1} GFLOP/s ({:.1} MFLOP/token) = MFU {:.1}% of {:.0} GFLOP/s fp32 peak",
+        gflops,
+        flops / 1e6,
+        100.0 * gflops / opts.peak_gflops,
+        opts.peak_gflops
+    );
+    println!(
+        "  forward              {:>9.1} ms  {:>5.1}%",
+        fwd * 1e3,
+        pct(fwd)
+    );
+    println!(
+        "    attention           {:>8.1} ms  {:>5.1}%",
+        attn_fwd * 1e3,
+        pct(attn_fwd)
+    );
+    println!(
+        "    MoE dispatch        {:>8.1} ms  {:>5.1}%   (routing, gather, weighting, scatter)",
+        dispatch_fwd * 1e3,
+        pct(dispatch_fwd)
+    );
+    println!(
+        "    MoE experts         {:>8.1} ms  {:>5.1}%",
+        experts_fwd * 1e3,
+        pct(experts_fwd)
+    );
+    println!(
+        "  backward             {:>9.1} ms  {:>5.1}%{}",
+        bwd * 1e3,
+        pct(bwd),
+        if opts.activation_checkpointing {
+            "   (incl. recomputed forwards)"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "  optimizer            {:>9.1} ms  {:>5.1}%   (grad norm, clip, AdamW)",
+        opt * 1e3,
+        pct(opt)
+    );
+    println!(
+        "  other                {:>9.1} ms  {:>5.1}%",
+        other * 1e3,
+        pct(other)
+    );
+    println!(
+        "  peak RSS             {:>9.1} MiB  ({}; RSS before the timed steps {:.1} MiB, after building model + optimizer {:.1} MiB, at start {:.1} MiB)",
+        rss.unwrap_or(f64::NAN),
+        if peak_reset {
+            "of the timed steps"
+        } else {
+            "of the whole process"
+        },
+        rss_before_steps.unwrap_or(f64::NAN),
+        rss_model.unwrap_or(f64::NAN),
+        rss_before_model.unwrap_or(f64::NAN)
+    );
+    println!("  loss (last step)     {:>9.4}", last.loss);
+    Ok(json!({
+        "bench": "train",
+        "preset": opts.preset,
+        "params_m": params.total as f64 / 1e6,
+        "device": "cpu",
+        "dtype": "f32",
+        "batch": opts.batch,
+        "seq": opts.seq,
+        "steps": opts.steps,
+        "threads": threads,
+        "activation_checkpointing": opts.activation_checkpointing,
+        "step_s": step,
+        "best_step_s": best[0],
+        "tokens_per_s": tokens_per_s,
+        "gflops": gflops,
+        "peak_gflops": opts.peak_gflops,
+        "mfu": gflops / opts.peak_gflops,
+        "forward_s": fwd,
+        "attention_forward_s": attn_fwd,
+        "moe_dispatch_forward_s": dispatch_fwd,
+        "moe_experts_forward_s": experts_fwd,
+        "backward_s": bwd,
+        "optimizer_s": opt,
+        "peak_rss_mib": rss,
+        "rss_model_mib": rss_model,
+        "rss_before_steps_mib": rss_before_steps,
+        "peak_rss_of_steps_only": peak_reset,
+        "loss": last.loss,
+    }))
+}

@@ -1,0 +1,157 @@
+//! The loop every training stage runs: restore, step, log, evaluate, checkpoint — with exact resume.
+//!
+//! A stage builds its [`Trainer`] and [`Loader`] and hands them to [`train_loop`] with its own
+//! evaluation; the loop owns the rest: metrics to the ledger every step, an evaluation every
+//! `eval_every` steps and at the end, atomic checkpoints (weights, optimizer, step, loader cursor)
+//! every `checkpoint_every` steps and on Ctrl-C, and the NaN/Inf policy.
+
+use crate::batch::batch_tensors;
+use crate::checkpoint;
+use crate::trainer::{StepReport, TokenBatch, Trainer};
+use std::path::Path;
+use std::time::Instant;
+use tardbot_core::config::TrainConfig;
+use tardbot_core::stage::{StageContext, StageError};
+use tardbot_tokens::loader::{Cursor, Loader};
+use tardbot_tokens::shard::TokenShard;
+use tracing::info;
+
+/// Consecutive non-finite steps after which the stage stops.
+pub const MAX_BAD_STEPS: u32 = 5;
+
+/// Restores the trainer (weights, moments, step) and the loader's cursor from the attempt's resume
+/// checkpoint, if it has one. `shards` must be the shards the checkpointed loader read.
+pub fn restore(
+    ctx: &StageContext,
+    trainer: &mut Trainer,
+    shards: Vec<TokenShard>,
+) -> Result<Option<Loader>, StageError> {
+    let Some(c) = &ctx.resume else {
+        return Ok(None);
+    };
+    let extra = trainer
+        .load(Path::new(&c.path))
+        .map_err(StageError::failed)?;
+    let cursor: Cursor =
+        serde_json::from_value(extra["cursor"].clone()).map_err(StageError::failed)?;
+    let loader = Loader::resume(shards, &cursor).map_err(StageError::failed)?;
+    info!(step = trainer.step, "resumed from checkpoint");
+    Ok(Some(loader))
+}
+
+/// Trains until `cfg.steps`. `evaluate(trainer)` runs every `cfg.eval_every` steps and after the last.
+pub fn train_loop(
+    ctx: &StageContext,
+    cfg: &TrainConfig,
+    trainer: &mut Trainer,
+    loader: &mut Loader,
+    evaluate: &mut dyn FnMut(&Trainer) -> Result<(), StageError>,
+) -> Result<(), StageError> {
+    let save = |trainer: &Trainer, loader: &Loader| -> Result<(), StageError> {
+        let extra = serde_json::json!({ "cursor": loader.cursor() });
+        let dir =
+            checkpoint::write_atomic(&ctx.work_dir, trainer.step, |tmp| trainer.save(tmp, extra))
+                .map_err(StageError::failed)?;
+        ctx.record_checkpoint(trainer.step, trainer.tokens, &dir.path)?;
+        checkpoint::prune(&ctx.work_dir, cfg.keep_checkpoints, &[]).map_err(StageError::failed)?;
+        Ok(())
+    };
+
+    let progress = ctx.progress(cfg.steps, "steps");
+    progress.set_position(trainer.step);
+    let mut bad_steps = 0;
+    while trainer.step < cfg.steps {
+        if ctx.cancelled() {
+            save(trainer, loader)?;
+            return Err(StageError::Interrupted(Some(trainer.step)));
+        }
+        let started = Instant::now();
+        let micro: Vec<TokenBatch> = (0..cfg.grad_accum)
+            .map(|_| batch_tensors(&loader.next_batch()))
+            .collect::<Result<_, _>>()
+            .map_err(StageError::failed)?;
+        let report = trainer.train_step(&micro).map_err(StageError::failed)?;
+        if report.rejected {
+            bad_steps += 1;
+            ctx.event(
+                "nonfinite_step",
+                serde_json::json!({ "step": trainer.step + 1, "loss": report.loss.to_string() }),
+            )?;
+            if bad_steps >= MAX_BAD_STEPS {
+                return Err(StageError::failed(format!(
+                    "loss or gradients were NaN/Inf for {bad_steps} consecutive steps, the last at step {}; \
+                     the last good checkpoint is kept — lower {}.lr or check the data",
+                    trainer.step + 1,
+                    ctx.stage
+                )));
+            }
+            continue;
+        }
+        bad_steps = 0;
+        log_step(ctx, trainer.step, &report, started.elapsed().as_secs_f64());
+        progress.set_position(trainer.step);
+        progress.set_message(format!("loss {:.3}", report.ce));
+
+        if trainer.step % cfg.eval_every == 0 || trainer.step == cfg.steps {
+            evaluate(trainer)?;
+        }
+        if trainer.step % cfg.checkpoint_every == 0 && trainer.step < cfg.steps {
+            save(trainer, loader)?;
+        }
+    }
+    progress.finish_and_clear();
+    Ok(())
+}
+
+/// Held-out loss on fixed batches, recorded as the `val` suite's `loss` and `bits_per_token`.
+pub fn record_val_loss(
+    ctx: &StageContext,
+    trainer: &Trainer,
+    val: &[TokenBatch],
+) -> Result<f64, StageError> {
+    let loss = trainer.eval_loss(val).map_err(StageError::failed)?;
+    let samples: u64 = val.iter().map(|b| b.tokens).sum();
+    let step = trainer.step;
+    ctx.record_eval(None, step, "val", "loss", loss, samples as usize)?;
+    ctx.record_eval(
+        None,
+        step,
+        "val",
+        "bits_per_token",
+        loss / std::f64::consts::LN_2,
+        samples as usize,
+    )?;
+    info!(step, val_loss = format!("{loss:.4}"), "eval");
+    Ok(loss)
+}
+
+fn log_step(ctx: &StageContext, step: u64, r: &StepReport, seconds: f64) {
+    let mut values: Vec<(String, f64)> = vec![
+        ("loss".into(), r.ce),
+        ("total_loss".into(), r.loss),
+        ("aux_loss".into(), r.aux_loss),
+        ("z_loss".into(), r.z_loss),
+        ("grad_norm".into(), r.grad_norm),
+        ("lr".into(), r.lr),
+        ("tokens_per_s".into(), r.tokens as f64 / seconds.max(1e-9)),
+    ];
+    for (layer, counts) in r.expert_counts.iter().enumerate() {
+        let total: u64 = counts.iter().sum();
+        let mut entropy = 0.0;
+        for (e, &c) in counts.iter().enumerate() {
+            values.push((format!("expert_load/L{layer}/E{e}"), c as f64));
+            if c > 0 && total > 0 {
+                let p = c as f64 / total as f64;
+                entropy -= p * p.ln();
+            }
+        }
+        // Entropy of the realised expert load (nats); ln(n_experts) is perfectly balanced.
+        values.push((format!("expert_load_entropy/L{layer}"), entropy));
+        values.push((
+            format!("dead_experts/L{layer}"),
+            counts.iter().filter(|&&c| c == 0).count() as f64,
+        ));
+    }
+    let refs: Vec<(&str, f64)> = values.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    ctx.log_metrics(step, &refs);
+}

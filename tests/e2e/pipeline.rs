@@ -231,6 +231,24 @@ fn run_all_trains_and_a_sigkilled_run_resumes_bit_exactly() {
         val.len() >= 2 && val[val.len() - 1] < val[0],
         "validation loss must fall: {val:?}"
     );
+    let (unigram, bpb) = with_ledger(a.path(), async |l| {
+        let run = l.run("run-1").await.unwrap();
+        let u = l
+            .eval_series(run.id, "pretrain", "baseline", "unigram_entropy")
+            .await
+            .unwrap();
+        let b = l
+            .eval_series(run.id, "pretrain", "val", "bits_per_byte")
+            .await
+            .unwrap();
+        (u[0].1.unwrap(), b.last().and_then(|x| x.1).unwrap())
+    });
+    assert!(
+        val[val.len() - 1] < unigram,
+        "held-out loss {} must be below the unigram entropy {unigram} of the data",
+        val[val.len() - 1]
+    );
+    assert!(bpb > 0.5 && bpb < 8.0, "bits per byte {bpb}");
     // Each fine-tuning stage: a loss per step, held-out loss and its task eval before (step 0) and
     // after (the last step), and a lower held-out loss after than before.
     for (stage, task) in [

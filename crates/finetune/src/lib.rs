@@ -16,7 +16,7 @@ pub mod recipe;
 
 pub use chat_model::{ChatModel, greedy, respond};
 pub use example::{ChatExample, ExampleError, is_validation, read_jsonl, write_jsonl};
-pub use recipe::{Finetune, Scorer, generate_answers, input_file};
+pub use recipe::{EvalItems, Finetune, Scorer, generate_answers, input_file};
 
 #[cfg(test)]
 mod mask_tests;

@@ -40,7 +40,13 @@ pub struct Finetune<'a> {
     pub validation_fraction: f64,
     pub examples: Vec<ChatExample>,
     pub scorer: &'a Scorer,
+    /// The task-eval items of one held-out example (default: the example itself). A multi-turn
+    /// example can be asked at several turns, e.g. for its tool call and for its final answer.
+    pub eval_items: Option<&'a EvalItems>,
 }
+
+/// Maps a held-out example to the examples its task eval asks.
+pub type EvalItems = dyn Fn(&ChatExample) -> Vec<ChatExample>;
 
 /// The file of the upstream artifact of `kind` produced by `stage`.
 pub fn input_file(ctx: &StageContext, stage: &str, kind: &str) -> Result<PathBuf, StageError> {
@@ -109,15 +115,22 @@ pub fn run(ctx: &StageContext, spec: Finetune) -> Result<StageOutput, StageError
     )?;
 
     // 4. Before: the upstream model on this stage's held-out data (once per run).
+    let eval_set: Vec<ChatExample> = eval_sample(&data.val, spec.eval.examples)
+        .iter()
+        .flat_map(|ex| match spec.eval_items {
+            Some(items) => items(ex),
+            None => vec![ex.clone()],
+        })
+        .collect();
     let task_eval =
-        |trainer: &Trainer| task_eval(ctx, trainer, &tokenizer, &data.val, spec.eval, spec.scorer);
+        |trainer: &Trainer| task_eval(ctx, trainer, &tokenizer, &eval_set, spec.eval, spec.scorer);
     if !resumed {
-        record_val_loss(ctx, &trainer, &val_batches)?;
+        record_val_loss(ctx, &trainer, &val_batches, None)?;
         task_eval(&trainer)?;
     }
     let steps = cfg.steps;
     train_loop(ctx, cfg, &mut trainer, &mut loader, &mut |t| {
-        record_val_loss(ctx, t, &val_batches)?;
+        record_val_loss(ctx, t, &val_batches, None)?;
         if t.step == steps {
             task_eval(t)?;
         }
@@ -223,23 +236,22 @@ impl Data {
     }
 }
 
-/// Greedy answers to the first `eval.examples` held-out prompts, scored and recorded under the
-/// stage's own suite (e.g. `toolcall/exact_match`).
+/// Greedy answers to the held-out eval set, scored and recorded under the stage's own suite
+/// (e.g. suite `toolcall`, metric `exact_match`).
 pub fn task_eval(
     ctx: &StageContext,
     trainer: &Trainer,
     tok: &LoadedTokenizer,
-    val: &[ChatExample],
+    eval_set: &[ChatExample],
     eval: &TaskEvalConfig,
     scorer: &Scorer,
 ) -> Result<(), StageError> {
-    if eval.examples == 0 {
+    if eval_set.is_empty() {
         return Ok(());
     }
-    let picked: Vec<ChatExample> = eval_sample(val, eval.examples);
-    let answers = generate_answers(&trainer.model, tok, &picked, eval.max_new_tokens)
+    let answers = generate_answers(&trainer.model, tok, eval_set, eval.max_new_tokens)
         .map_err(StageError::Failed)?;
-    let pairs: Vec<(&ChatExample, String)> = picked.iter().zip(answers).collect();
+    let pairs: Vec<(&ChatExample, String)> = eval_set.iter().zip(answers).collect();
     for (metric, value) in scorer(&pairs) {
         ctx.record_eval(None, trainer.step, ctx.stage, &metric, value, pairs.len())?;
         info!(

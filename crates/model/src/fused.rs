@@ -612,52 +612,6 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> R<Tensor> {
     x.contiguous()?.apply_op1(Rope { cos, sin })
 }
 
-// ---------------------------------------------------------------------------------------------
-// Linear: y = x · Wᵀ with W (out, in). As one node its backward yields dW = gᵀ·x directly in W's
-// (out, in) layout; candle's `x.matmul(&w.t())` goes through a transpose node whose backward adds a
-// transposed (strided, slow) gradient into a fresh zero tensor for every weight.
-
-struct LinearOp;
-
-impl CustomOp2 for LinearOp {
-    fn name(&self) -> &'static str {
-        "tardbot-linear"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> R<(CpuStorage, Shape)> {
-        let (n, k) = l1.shape().dims2()?;
-        let (o, k2) = l2.shape().dims2()?;
-        if k != k2 {
-            bail!("linear: input width {k} vs weight {:?}", l2.shape());
-        }
-        let y = s1.matmul(s2, (1, n, o, k), l1, &l2.transpose(0, 1)?)?;
-        Ok((y, Shape::from((n, o))))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _y: &Tensor,
-        g: &Tensor,
-    ) -> R<(Option<Tensor>, Option<Tensor>)> {
-        let dx = g.matmul(w)?;
-        let dw = g.t()?.matmul(x)?;
-        Ok((Some(dx), Some(dw)))
-    }
-}
-
-/// `x · wᵀ` for `x` (n, in) and `w` (out, in), differentiable in both (CPU).
-pub fn linear(x: &Tensor, w: &Tensor) -> R<Tensor> {
-    x.contiguous()?.apply_op2(&w.contiguous()?, LinearOp)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -777,15 +731,6 @@ mod tests {
                     .flatten_all()
                     .unwrap()
             },
-        );
-    }
-
-    #[test]
-    fn linear_matches_composition() {
-        check(
-            &[randn(&[6, 5], 8), randn(&[3, 5], 9)],
-            |t| linear(&t[0], &t[1]).unwrap(),
-            |t| t[0].matmul(&t[1].t().unwrap()).unwrap(),
         );
     }
 

@@ -130,7 +130,6 @@ impl Linear {
                 let dt = x2.dtype();
                 q.forward(&x2.to_dtype(DType::F32)?)?.to_dtype(dt)?
             }
-            None if x2.device().is_cpu() => crate::fused::linear(&x2, &self.weight)?,
             None => x2.matmul(&self.weight.t()?)?,
         };
         let mut out = dims;

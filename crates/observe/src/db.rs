@@ -6,13 +6,19 @@
 use crate::error::ObserveError;
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+use std::path::Path;
 use std::time::Duration;
 use tardbot_ledger::Ledger;
 
 /// A small read-only pool on the ledger's database file.
 pub(crate) async fn read_pool(ledger: &Ledger) -> Result<SqlitePool, ObserveError> {
+    read_pool_at(ledger.path()).await
+}
+
+/// A small read-only pool on a ledger file by path (what Grafana's plugin and `sqlite3` see).
+pub(crate) async fn read_pool_at(path: &Path) -> Result<SqlitePool, ObserveError> {
     let options = SqliteConnectOptions::new()
-        .filename(ledger.path())
+        .filename(path)
         .read_only(true)
         .busy_timeout(Duration::from_secs(10));
     SqlitePoolOptions::new()
@@ -20,7 +26,7 @@ pub(crate) async fn read_pool(ledger: &Ledger) -> Result<SqlitePool, ObserveErro
         .connect_with(options)
         .await
         .map_err(|source| ObserveError::Open {
-            path: ledger.path().to_path_buf(),
+            path: path.to_path_buf(),
             source,
         })
 }

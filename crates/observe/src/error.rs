@@ -17,6 +17,15 @@ pub enum ObserveError {
     },
     #[error("cannot draw the {what} plot: {message}")]
     Plot { what: String, message: String },
+    #[error("cannot read dashboards at {}: {source}", path.display())]
+    DashboardFiles {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Every problem found by [`crate::check_dashboards`], each starting with
+    /// `dashboard / panel / refId` (or as much of it as applies).
+    #[error("{} problem(s) in the Grafana dashboards:\n- {}", problems.len(), problems.join("\n- "))]
+    Dashboards { problems: Vec<String> },
     #[error("metrics endpoint on {addr}: {source}")]
     Listen {
         addr: SocketAddr,

@@ -1,4 +1,5 @@
-//! Reading the TardBot ledger for people: the HTML run report and the live Prometheus endpoint.
+//! Reading the TardBot ledger for people: the HTML run report, the live Prometheus endpoint, and the
+//! check of the Grafana dashboards.
 //!
 //! What it does:
 //! - [`render_report`] turns one run of the ledger into a single self-contained HTML file (inline CSS,
@@ -11,6 +12,11 @@
 //!   text exposition of where a run stands (status, current stage, step, loss, tokens/s, expert load,
 //!   router health, evals, checkpoints), read from the ledger at every scrape. [`exposition`] is the same
 //!   text without the server.
+//! - [`check_dashboards`] runs every panel query of the Grafana dashboards in `dashboards/json` against a
+//!   ledger file, expanded as Grafana's template service ([`interpolate`]: variables, `$__from`/`$__to`
+//!   in milliseconds) and the `frser-sqlite-datasource` plugin ([`apply_plugin_macros`]:
+//!   `$__unixEpochGroupSeconds`) expand them, and checks that their time columns hold unix seconds;
+//!   it reports which queries came back empty ([`DashboardCheck`]) and every problem at once.
 //!
 //! What it does not do: it never writes to the ledger (it opens its own read-only connections on the
 //! ledger's file, so a report or a scrape never competes with a run for the write lock), it does not
@@ -21,6 +27,7 @@
 //! `v_stage_evals`, `v_checkpoint_lineage`, `v_run_artifacts`, `v_run_progress`, …) live in
 //! `migrations/0002_observability.sql`; the Grafana dashboards in `dashboards/` read the same views.
 
+mod dashboards;
 mod db;
 mod error;
 mod history;
@@ -30,6 +37,10 @@ mod plots;
 mod prometheus;
 mod report;
 
+pub use dashboards::{
+    DATASOURCE_TYPE, DATASOURCE_UID, DashboardCheck, PanelQuery, apply_plugin_macros,
+    check_dashboards, interpolate,
+};
 pub use error::ObserveError;
 pub use prometheus::{MetricsServer, exposition, serve_metrics};
 pub use report::render_report;

@@ -222,6 +222,12 @@ pub async fn eval(
     if let Some(n) = limit {
         examples.truncate(n);
     }
+    if let Suite::Toolcall = suite {
+        examples = examples
+            .iter()
+            .flat_map(tardbot_toolcall::stage::eval_items)
+            .collect();
+    }
     if examples.is_empty() {
         bail!("{} holds no examples", data.display());
     }

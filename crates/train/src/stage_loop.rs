@@ -103,24 +103,23 @@ pub fn train_loop(
     Ok(())
 }
 
-/// Held-out loss on fixed batches, recorded as the `val` suite's `loss` and `bits_per_token`.
+/// Held-out loss on fixed batches, recorded as the `val` suite's `loss`, `bits_per_token` and, when
+/// the split's bytes per token are known, `bits_per_byte`.
 pub fn record_val_loss(
     ctx: &StageContext,
     trainer: &Trainer,
     val: &[TokenBatch],
+    bytes_per_token: Option<f64>,
 ) -> Result<f64, StageError> {
     let loss = trainer.eval_loss(val).map_err(StageError::failed)?;
-    let samples: u64 = val.iter().map(|b| b.tokens).sum();
+    let samples = val.iter().map(|b| b.tokens).sum::<u64>() as usize;
     let step = trainer.step;
-    ctx.record_eval(None, step, "val", "loss", loss, samples as usize)?;
-    ctx.record_eval(
-        None,
-        step,
-        "val",
-        "bits_per_token",
-        loss / std::f64::consts::LN_2,
-        samples as usize,
-    )?;
+    let bits = loss / std::f64::consts::LN_2;
+    ctx.record_eval(None, step, "val", "loss", loss, samples)?;
+    ctx.record_eval(None, step, "val", "bits_per_token", bits, samples)?;
+    if let Some(b) = bytes_per_token.filter(|b| *b > 0.0) {
+        ctx.record_eval(None, step, "val", "bits_per_byte", bits / b, samples)?;
+    }
     info!(step, val_loss = format!("{loss:.4}"), "eval");
     Ok(loss)
 }

@@ -87,6 +87,8 @@ pub struct Trainer {
     grad_clip: f64,
     /// Segmented backward (see [`TrainConfig::activation_checkpointing`]).
     pub activation_checkpointing: bool,
+    /// Logit elements per LM-head chunk under activation checkpointing.
+    head_chunk_elems: usize,
     /// Optimizer steps applied.
     pub step: u64,
     /// Target tokens trained on.
@@ -142,6 +144,7 @@ impl Trainer {
             schedule: LrSchedule::from_config(train),
             grad_clip: train.grad_clip,
             activation_checkpointing: train.activation_checkpointing,
+            head_chunk_elems: HEAD_CHUNK_ELEMS,
             step: 0,
             tokens: 0,
         })
@@ -298,18 +301,62 @@ impl Trainer {
         timings.forward_s += started.elapsed().as_secs_f64();
 
         // Head: loss, its gradients (final norm, tied embedding) and the gradient of the last
-        // block's output.
+        // block's output, in chunks of sequences so that the logits (batch × seq × vocab, the
+        // largest activation of a small model) and their gradients exist for one chunk at a time.
         let started = Instant::now();
-        let h = Var::from_tensor(&inputs.pop().expect("the last block's output"))?;
-        let logits = m.head(h.as_tensor())?;
-        let ce_t = tardbot_model::cross_entropy(&logits, &mb.targets, mb.loss_mask.as_ref())?;
-        let ce = scalar(&ce_t)?;
-        let mut acc = (ce_t * scale)?.backward()?;
-        drop(logits);
-        let mut g = acc
-            .remove(h.as_tensor())
-            .ok_or_else(|| candle_core::Error::Msg("no gradient reached the head input".into()))?;
-        drop(h);
+        let h_all = inputs.pop().expect("the last block's output");
+        let counts: Vec<f64> = match &mb.loss_mask {
+            Some(mask) => mask
+                .to_dtype(DType::F64)?
+                .ne(0.0)?
+                .to_dtype(DType::F64)?
+                .sum(1)?
+                .to_vec1::<f64>()?,
+            None => vec![t as f64; b],
+        };
+        let total: f64 = counts.iter().sum();
+        if total == 0.0 {
+            return Err(ModelError::Input("loss mask selects no position".into()).into());
+        }
+        let rows = (self.head_chunk_elems / (t * cfg.vocab_size).max(1)).clamp(1, b);
+        let mut acc = GradStore::default();
+        let mut g_parts = Vec::with_capacity(b.div_ceil(rows));
+        let mut ce = 0.0;
+        for r0 in (0..b).step_by(rows) {
+            let n = rows.min(b - r0);
+            let h = Var::from_tensor(&h_all.narrow(0, r0, n)?)?;
+            let chunk_count: f64 = counts[r0..r0 + n].iter().sum();
+            if chunk_count == 0.0 {
+                g_parts.push(h.as_tensor().zeros_like()?);
+                continue;
+            }
+            let logits = m.head(h.as_tensor())?;
+            let mask = match &mb.loss_mask {
+                Some(mask) => Some(mask.narrow(0, r0, n)?),
+                None => None,
+            };
+            let ce_t = tardbot_model::cross_entropy(
+                &logits,
+                &mb.targets.narrow(0, r0, n)?.contiguous()?,
+                mask.as_ref(),
+            )?;
+            // The chunk's mean, weighted by its share of the counted positions.
+            let w = chunk_count / total;
+            ce += scalar(&ce_t)? * w;
+            let mut grads = (ce_t * (scale * w))?.backward()?;
+            drop(logits);
+            g_parts.push(grads.remove(h.as_tensor()).ok_or_else(|| {
+                candle_core::Error::Msg("no gradient reached the head input".into())
+            })?);
+            acc.extend(grads)?;
+        }
+        drop(h_all);
+        let mut g = if g_parts.len() == 1 {
+            g_parts.remove(0)
+        } else {
+            Tensor::cat(&g_parts, 0)?
+        };
+        drop(g_parts);
 
         // Blocks in reverse, recomputed one at a time.
         for blk in m.blocks.iter().rev() {
@@ -406,6 +453,10 @@ impl Trainer {
         Ok(save_safetensors(&self.varmap, path)?)
     }
 }
+
+/// Logit elements (sequences × seq × vocab) per chunk of the LM head under activation
+/// checkpointing: 8M f32 = 32 MiB of logits at a time.
+const HEAD_CHUNK_ELEMS: usize = 8 << 20;
 
 /// The scalar figures of one micro-batch.
 struct MicroLosses {
@@ -618,14 +669,26 @@ mod tests {
         let mask: Vec<f32> = (0..30).map(|i| (i % 4 != 0) as u32 as f32).collect();
         b.loss_mask = Some(Tensor::from_vec(mask, (3, 10), &Device::Cpu).unwrap());
         let two = [b, batch(&rows(3, 11, cfg.vocab_size as u32, 9))];
-        for micro in [&two[..1], &two[..]] {
+        // One LM-head chunk per micro-batch, then one per sequence (of 3, one fully masked).
+        let mut masked_row = two[0].loss_mask.clone().unwrap().to_vec2::<f32>().unwrap();
+        masked_row[1].iter_mut().for_each(|v| *v = 0.0);
+        let mut third = batch(&rows(3, 11, cfg.vocab_size as u32, 2));
+        third.doc_ids = two[0].doc_ids.clone();
+        third.loss_mask = Some(Tensor::new(masked_row, &Device::Cpu).unwrap());
+        for (micro, chunk) in [
+            (&two[..1], HEAD_CHUNK_ELEMS),
+            (&two[..], HEAD_CHUNK_ELEMS),
+            (&two[..], 10 * cfg.vocab_size),
+            (std::slice::from_ref(&third), 10 * cfg.vocab_size),
+        ] {
+            plain.head_chunk_elems = chunk;
             plain.activation_checkpointing = false;
             let (ga, ra) = plain.gradients(micro).unwrap();
             plain.activation_checkpointing = true;
             let (gb, rb) = plain.gradients(micro).unwrap();
             let (worst, n) = max_rel_grad_diff(&plain, &ga.unwrap(), &gb.unwrap());
             eprintln!(
-                "{} micro-batch(es): {n} gradient tensors, max relative difference {worst:e}",
+                "{} micro-batch(es), head chunks of {chunk} logits: {n} gradient tensors, max relative difference {worst:e}",
                 micro.len()
             );
             assert_eq!(n, named_vars(&plain.varmap).len());

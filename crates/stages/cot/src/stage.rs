@@ -52,6 +52,7 @@ impl Stage for CotStage {
                 validation_fraction: data.validation_fraction,
                 examples,
                 scorer: &score,
+                eval_items: None,
             },
         )
     }

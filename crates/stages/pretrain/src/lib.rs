@@ -17,6 +17,7 @@ use tardbot_core::stage::{Resources, Stage, StageContext, StageError, StageOutpu
 use tardbot_tokens::loader::{Loader, LoaderConfig};
 use tardbot_train::Trainer;
 use tardbot_train::stage_loop::{record_val_loss, restore, train_loop};
+use tracing::info;
 
 pub struct PretrainStage;
 
@@ -73,10 +74,38 @@ impl Stage for PretrainStage {
             serde_json::json!({ "step": trainer.step, "params": model_cfg.param_counts().total, "vocab": model_cfg.vocab_size }),
         )?;
 
+        // Baselines: a model must beat the unigram entropy of the data; bits per byte compare across
+        // tokenizers.
+        let stats = shards.token_stats()?;
+        ctx.record_eval(
+            None,
+            0,
+            "baseline",
+            "unigram_entropy",
+            stats.unigram_entropy,
+            0,
+        )?;
+        info!(
+            unigram_entropy = format!("{:.4}", stats.unigram_entropy),
+            val_bytes_per_token = format!("{:.3}", stats.val_bytes_per_token),
+            "baselines (nats per token)"
+        );
+
         // The loop: train, log, evaluate held-out loss, checkpoint.
+        let mut last_loss = f64::NAN;
         train_loop(ctx, cfg, &mut trainer, &mut loader, &mut |t| {
-            record_val_loss(ctx, t, &val).map(|_| ())
+            last_loss = record_val_loss(ctx, t, &val, Some(stats.val_bytes_per_token))?;
+            Ok(())
         })?;
+        info!(
+            val_loss = format!("{last_loss:.4}"),
+            unigram_entropy = format!("{:.4}", stats.unigram_entropy),
+            bits_per_byte = format!(
+                "{:.4}",
+                last_loss / std::f64::consts::LN_2 / stats.val_bytes_per_token
+            ),
+            "pretrained: held-out loss against the unigram entropy of the data"
+        );
 
         // Publish the final weights and the exact model configuration they belong to.
         trainer

@@ -52,6 +52,7 @@ impl Stage for SftStage {
                 validation_fraction: data.validation_fraction,
                 examples,
                 scorer: &score,
+                eval_items: None,
             },
         )
     }

@@ -1,7 +1,7 @@
 //! The `toolcall` stage: fine-tune on tool calls (BFCL rows and generated multi-turn conversations
 //! with real local tools), scored by parsing and validating the generated calls.
 
-use crate::data::{aggregate, bfcl_examples, generated_examples, score};
+use crate::data::{aggregate, bfcl_examples, first_call_example, generated_examples, score};
 use tardbot_core::PipelineConfig;
 use tardbot_core::stage::{Resources, Stage, StageContext, StageError, StageOutput};
 use tardbot_finetune::{ChatExample, Finetune, recipe};
@@ -48,6 +48,7 @@ impl Stage for ToolcallStage {
                 validation_fraction: data.validation_fraction,
                 examples,
                 scorer: &score_all,
+                eval_items: Some(&eval_items),
             },
         )
     }
@@ -60,4 +61,19 @@ pub fn score_all(pairs: &[(&ChatExample, String)]) -> Vec<(String, f64)> {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect()
+}
+
+/// A generated multi-turn example is asked twice: for its tool call (the turn after the user's
+/// request) and for its final answer (after the tool's result).
+pub fn eval_items(ex: &ChatExample) -> Vec<ChatExample> {
+    let turns = ex
+        .conversation
+        .messages
+        .iter()
+        .filter(|m| m.role == tardbot_tokens::chat::Role::Assistant)
+        .count();
+    match first_call_example(ex) {
+        Some(call) if turns > 1 => vec![call, ex.clone()],
+        _ => vec![ex.clone()],
+    }
 }

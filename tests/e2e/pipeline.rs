@@ -285,6 +285,31 @@ fn run_all_trains_and_a_sigkilled_run_resumes_bit_exactly() {
         );
     }
 
+    // Every Grafana panel query, expanded as Grafana and the SQLite plugin do, against this real
+    // run's ledger: each runs, time columns are unix seconds, and every panel shows rows.
+    let dashboards = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../dashboards");
+    let check = with_ledger(a.path(), async |l| {
+        let run = l.run("run-1").await.unwrap();
+        tardbot_observe::check_dashboards(
+            &dashboards,
+            &ledger_path(a.path()),
+            run.created_ms - 60_000,
+            tardbot_ledger::now_ms() + 60_000,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+    });
+    assert!(
+        check.queries.len() >= 30,
+        "only {} panel queries",
+        check.queries.len()
+    );
+    assert!(
+        check.empty().is_empty(),
+        "panel queries without rows on a real run: {:?}",
+        check.empty()
+    );
+
     // Killed in the middle of each training stage in turn, resumed each time.
     let b = tempfile::tempdir().unwrap();
     write_config(b.path());

@@ -362,7 +362,7 @@ impl Checker<'_> {
             }
             Some(_) => {}
         }
-        if !d["title"].as_str().is_some_and(|t| !t.is_empty()) {
+        if d["title"].as_str().is_none_or(str::is_empty) {
             self.problem(format!("{name}: no title"));
         }
         let Some(vars) = self.variables(name, &d).await else {

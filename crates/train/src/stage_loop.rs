@@ -6,6 +6,7 @@
 //! every `checkpoint_every` steps and on Ctrl-C, and the NaN/Inf policy.
 
 use crate::batch::batch_tensors;
+use crate::bench::{DEFAULT_PEAK_GFLOPS, flops_per_token};
 use crate::checkpoint;
 use crate::trainer::{StepReport, TokenBatch, Trainer};
 use std::path::Path;
@@ -88,7 +89,14 @@ pub fn train_loop(
             continue;
         }
         bad_steps = 0;
-        log_step(ctx, trainer.step, &report, started.elapsed().as_secs_f64());
+        let flops = flops_per_token(trainer.model.config(), cfg.seq_len);
+        log_step(
+            ctx,
+            trainer.step,
+            &report,
+            started.elapsed().as_secs_f64(),
+            flops,
+        );
         progress.set_position(trainer.step);
         progress.set_message(format!("loss {:.3}", report.ce));
 
@@ -124,7 +132,12 @@ pub fn record_val_loss(
     Ok(loss)
 }
 
-fn log_step(ctx: &StageContext, step: u64, r: &StepReport, seconds: f64) {
+/// Per step: losses, gradient norm, LR, throughput and MFU (training FLOPs against the machine's fp32
+/// peak, [`DEFAULT_PEAK_GFLOPS`]), and per MoE layer the tokens each expert received, the entropy of
+/// that assignment (`router_entropy`, nats; ln(n_experts) is perfectly balanced) and the experts
+/// that received none.
+fn log_step(ctx: &StageContext, step: u64, r: &StepReport, seconds: f64, flops_per_token: f64) {
+    let tokens_per_s = r.tokens as f64 / seconds.max(1e-9);
     let mut values: Vec<(String, f64)> = vec![
         ("loss".into(), r.ce),
         ("total_loss".into(), r.loss),
@@ -132,7 +145,11 @@ fn log_step(ctx: &StageContext, step: u64, r: &StepReport, seconds: f64) {
         ("z_loss".into(), r.z_loss),
         ("grad_norm".into(), r.grad_norm),
         ("lr".into(), r.lr),
-        ("tokens_per_s".into(), r.tokens as f64 / seconds.max(1e-9)),
+        ("tokens_per_s".into(), tokens_per_s),
+        (
+            "mfu".into(),
+            tokens_per_s * flops_per_token / (DEFAULT_PEAK_GFLOPS * 1e9),
+        ),
     ];
     for (layer, counts) in r.expert_counts.iter().enumerate() {
         let total: u64 = counts.iter().sum();
@@ -144,8 +161,7 @@ fn log_step(ctx: &StageContext, step: u64, r: &StepReport, seconds: f64) {
                 entropy -= p * p.ln();
             }
         }
-        // Entropy of the realised expert load (nats); ln(n_experts) is perfectly balanced.
-        values.push((format!("expert_load_entropy/L{layer}"), entropy));
+        values.push((format!("router_entropy/L{layer}"), entropy));
         values.push((
             format!("dead_experts/L{layer}"),
             counts.iter().filter(|&&c| c == 0).count() as f64,

@@ -91,8 +91,11 @@ impl Stage for PretrainStage {
             "baselines (nats per token)"
         );
 
-        // The loop: train, log, evaluate held-out loss, checkpoint.
+        // The loop: train, log, evaluate held-out loss (also at step 0: the "before"), checkpoint.
         let mut last_loss = f64::NAN;
+        if ctx.resume.is_none() {
+            record_val_loss(ctx, &trainer, &val, Some(stats.val_bytes_per_token))?;
+        }
         train_loop(ctx, cfg, &mut trainer, &mut loader, &mut |t| {
             last_loss = record_val_loss(ctx, t, &val, Some(stats.val_bytes_per_token))?;
             Ok(())

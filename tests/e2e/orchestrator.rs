@@ -133,7 +133,7 @@ fn ctrl_c_stops_at_a_safe_point_and_resume_completes() {
         // The safe point wrote a checkpoint at the exact step it stopped.
         l.checkpoints(run.id, "slow").await.unwrap()[0].step
     });
-    assert!(stopped_at >= 5 && stopped_at < 40);
+    assert!((5..40).contains(&stopped_at));
 
     let resumed = cli(dir.path(), &["resume", "run-1"], &env);
     assert_eq!(resumed.code, 0, "{}", resumed.stderr);

@@ -2,9 +2,9 @@
 //! ingest → tokenizer → tokenize → pretrain → sft → toolcall → cot. Loss falls; every fine-tuning
 //! stage records its evals before and after; a run killed with SIGKILL in the middle of each training
 //! stage in turn and resumed each time ends with the same per-step losses and bit-identical weights,
-//! stage by stage, as an uninterrupted one.
+//! stage by stage, as an uninterrupted one (the sft stage is stopped by Ctrl-C instead, which exits 130).
 
-use crate::support::{ledger_path, wait_until, with_ledger};
+use crate::support::{ledger_path, signal, wait_until, with_ledger};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -310,7 +310,7 @@ fn run_all_trains_and_a_sigkilled_run_resumes_bit_exactly() {
         check.empty()
     );
 
-    // Killed in the middle of each training stage in turn, resumed each time.
+    // Killed (SIGKILL; Ctrl-C for sft) in the middle of each training stage in turn, resumed each time.
     let b = tempfile::tempdir().unwrap();
     write_config(b.path());
     for (i, stage) in TRAINING.iter().enumerate() {
@@ -326,8 +326,18 @@ fn run_all_trains_and_a_sigkilled_run_resumes_bit_exactly() {
             &format!("a {stage} checkpoint"),
             || newest_checkpoint(b.path(), stage) >= at,
         );
-        child.kill().unwrap();
-        child.wait().unwrap();
+        if *stage == "sft" {
+            // Ctrl-C: the stage checkpoints at the next step and the process exits 130.
+            signal(&child, libc::SIGINT);
+            assert_eq!(
+                child.wait().unwrap().code(),
+                Some(130),
+                "exit code after Ctrl-C"
+            );
+        } else {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
     }
     run_ok(b.path(), &["resume", "run-1"]);
     for stage in TRAINING {

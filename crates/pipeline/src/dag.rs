@@ -68,6 +68,7 @@ pub fn plan(
     let mut order: Vec<Arc<dyn Stage>> = Vec::new();
     let mut done = BTreeSet::new();
     let mut visiting = BTreeSet::new();
+    #[allow(clippy::too_many_arguments)] // a recursive walk threading its state explicitly
     fn visit(
         name: &str,
         by: &str,

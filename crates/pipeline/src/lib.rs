@@ -8,6 +8,7 @@
 //! - [`inference`]: `generate`, `chat` and `eval` on the model a run produced.
 //! - [`bench`]: `tardbot-pipeline bench WHAT`, the one home of every benchmark.
 //! - [`cli`]: argument parsing and the commands.
+//! - [`runtime`]: process-wide CPU settings (candle's element-wise pool, mimalloc) applied by `main`.
 //!
 //! What it does not do: any stage's work. Stages live in their own crates and meet only through
 //! artifacts and the ledger; [`registry`] lists the ones this binary ships.
@@ -21,4 +22,5 @@ pub mod logging;
 pub mod orchestrator;
 pub mod registry;
 pub mod report;
+pub mod runtime;
 pub mod workspace;

@@ -8,5 +8,7 @@ use std::process::ExitCode;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // Before any thread starts: it sets environment variables candle reads once.
+    tardbot_pipeline::runtime::tune_cpu_runtime();
     tardbot_pipeline::cli::main(tardbot_pipeline::registry::stages())
 }

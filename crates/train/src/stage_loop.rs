@@ -100,10 +100,10 @@ pub fn train_loop(
         progress.set_position(trainer.step);
         progress.set_message(format!("loss {:.3}", report.ce));
 
-        if trainer.step % cfg.eval_every == 0 || trainer.step == cfg.steps {
+        if trainer.step.is_multiple_of(cfg.eval_every) || trainer.step == cfg.steps {
             evaluate(trainer)?;
         }
-        if trainer.step % cfg.checkpoint_every == 0 && trainer.step < cfg.steps {
+        if trainer.step.is_multiple_of(cfg.checkpoint_every) && trainer.step < cfg.steps {
             save(trainer, loader)?;
         }
     }

@@ -14,13 +14,18 @@
 //!   With `activation_checkpointing` the backward is segmented: the forward keeps only each block's
 //!   input, the backward recomputes one block at a time (tested equal to the whole-graph gradients).
 //! - [`bench`]: `tardbot-pipeline bench train` — tokens/s, MFU, time per phase, peak RSS.
+//! - [`expert_store`]: a memory-mapped file holding every expert's weights, gradient accumulators
+//!   and AdamW moments, one checksummed, generation-counted 4 KiB-aligned region per (MoE layer,
+//!   expert), checked out at most `max_resident` at a time and released from RSS afterwards;
+//!   created from / exported to safetensors. (Not yet used by the trainer.)
 //!
-//! What it does not do (yet): mixed precision and the expert store — those arrive with the
-//! training-engine and expert-store issues. Data loading belongs to the stages.
+//! What it does not do (yet): mixed precision and training through the expert store — those arrive
+//! with the training-engine and expert-store issues. Data loading belongs to the stages.
 
 pub mod batch;
 pub mod bench;
 pub mod checkpoint;
+pub mod expert_store;
 pub mod optim;
 pub mod schedule;
 pub mod stage_loop;

@@ -7,12 +7,14 @@
 //!   [`StageContext`](stage::StageContext) a stage runs with (run directory, ledger, progress,
 //!   cancellation, resume point).
 //! - [`hash`]: BLAKE3 content hashing of files and directories (artifact and checkpoint identity).
+//! - [`memory`]: this process's resident and peak memory (benchmarks, memory checks).
 //!
 //! What it does not do: run anything. Scheduling, caching and the CLI live in `tardbot-pipeline`;
 //! persistence lives in `tardbot-ledger`; the model itself lives in `tardbot-model`.
 
 pub mod config;
 pub mod hash;
+pub mod memory;
 pub mod model_config;
 pub mod stage;
 

@@ -150,6 +150,27 @@ const F32: u64 = 4;
 pub const RUNTIME_OVERHEAD_BYTES: u64 = 64 << 20;
 
 impl ModelConfig {
+    /// Training FLOPs per token (forward + backward = 6 × active parameters, plus the attention
+    /// products), counted exactly as the PyTorch peer counts them.
+    pub fn train_flops_per_token(&self, seq: usize) -> f64 {
+        let cfg = self;
+        let (h, l, e) = (
+            cfg.hidden_size as f64,
+            cfg.n_layers as f64,
+            cfg.n_experts as f64,
+        );
+        let hd = cfg.head_dim() as f64;
+        let (nh, nkv) = (cfg.n_heads as f64, cfg.n_kv_heads as f64);
+        let attn_p = h * (nh * hd + 2.0 * nkv * hd) + nh * hd * h;
+        let mlp_p = 3.0 * h * cfg.intermediate_size as f64;
+        let dense = cfg.n_dense_layers as f64;
+        let moe = l - dense;
+        let k = cfg.experts_per_token as f64;
+        let p = l * attn_p + dense * mlp_p + moe * (k * mlp_p + h * e) + cfg.vocab_size as f64 * h;
+        let att = l * 2.0 * 2.0 * nh * hd * (seq.min(cfg.window) as f64) / 2.0;
+        6.0 * p + 3.0 * att
+    }
+
     /// Names accepted by [`ModelConfig::from_preset`].
     pub fn preset_names() -> &'static [&'static str] {
         &[

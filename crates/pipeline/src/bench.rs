@@ -2,19 +2,12 @@
 //! its last line, one JSON object of its figures so that runs can be compared across commits.
 
 use std::time::Instant;
+use tardbot_core::memory::peak_rss_mib;
 use tardbot_ledger::{AttemptStatus, Ledger, MetricPoint, MetricsWriter, NewRun};
 
 /// Prints the figures as the final JSON line.
 pub fn emit(figures: &serde_json::Value) {
     println!("{figures}");
-}
-
-/// Peak resident set size of this process, from /proc (Linux), in MiB.
-pub fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
 }
 
 /// Ledger: batched metric upserts (rows/s) and the per-step cost of logging ~20 metrics from a

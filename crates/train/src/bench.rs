@@ -4,6 +4,7 @@
 //! `active_flops_per_token`) so that the two report comparable figures.
 
 use std::time::Instant;
+use tardbot_core::memory::{peak_rss_mib, reset_peak_rss, rss_mib};
 
 use candle_core::{Device, Tensor};
 use serde_json::json;
@@ -47,47 +48,6 @@ impl Default for BenchTrainOptions {
             seed: 0,
         }
     }
-}
-
-/// Training FLOPs per token (forward + backward = 6 × active parameters, plus the attention
-/// products), counted exactly as the PyTorch peer counts them.
-pub fn flops_per_token(cfg: &ModelConfig, seq: usize) -> f64 {
-    let (h, l, e) = (
-        cfg.hidden_size as f64,
-        cfg.n_layers as f64,
-        cfg.n_experts as f64,
-    );
-    let hd = cfg.head_dim() as f64;
-    let (nh, nkv) = (cfg.n_heads as f64, cfg.n_kv_heads as f64);
-    let attn_p = h * (nh * hd + 2.0 * nkv * hd) + nh * hd * h;
-    let mlp_p = 3.0 * h * cfg.intermediate_size as f64;
-    let dense = cfg.n_dense_layers as f64;
-    let moe = l - dense;
-    let k = cfg.experts_per_token as f64;
-    let p = l * attn_p + dense * mlp_p + moe * (k * mlp_p + h * e) + cfg.vocab_size as f64 * h;
-    let att = l * 2.0 * 2.0 * nh * hd * (seq.min(cfg.window) as f64) / 2.0;
-    6.0 * p + 3.0 * att
-}
-
-/// Peak resident set size of this process (Linux `VmHWM`), MiB.
-pub fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
-
-/// Current resident set size (Linux `VmRSS`), MiB.
-pub fn rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
-
-/// Resets the peak RSS to the current RSS (Linux `clear_refs` 5); false where unsupported.
-pub fn reset_peak_rss() -> bool {
-    std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
 fn random_batch(cfg: &ModelConfig, batch: usize, seq: usize, seed: u64) -> Result<TokenBatch> {
@@ -175,7 +135,7 @@ fn run(opts: &BenchTrainOptions) -> Result<serde_json::Value> {
     let step = total / n;
     let tokens = (opts.batch * opts.seq) as f64;
     let tokens_per_s = tokens / step;
-    let flops = flops_per_token(&cfg, opts.seq);
+    let flops = cfg.train_flops_per_token(opts.seq);
     let gflops = tokens_per_s * flops / 1e9;
     let params = cfg.param_counts();
     let (fwd, bwd, opt) = (sum.forward_s / n, sum.backward_s / n, sum.optimizer_s / n);

@@ -6,7 +6,7 @@
 //! every `checkpoint_every` steps and on Ctrl-C, and the NaN/Inf policy.
 
 use crate::batch::batch_tensors;
-use crate::bench::{DEFAULT_PEAK_GFLOPS, flops_per_token};
+use crate::bench::DEFAULT_PEAK_GFLOPS;
 use crate::checkpoint;
 use crate::trainer::{StepReport, TokenBatch, Trainer};
 use std::path::Path;
@@ -89,7 +89,7 @@ pub fn train_loop(
             continue;
         }
         bad_steps = 0;
-        let flops = flops_per_token(trainer.model.config(), cfg.seq_len);
+        let flops = trainer.model.config().train_flops_per_token(cfg.seq_len);
         log_step(
             ctx,
             trainer.step,

@@ -12,6 +12,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tardbot_core::config::PipelineConfig;
+use tardbot_core::memory::peak_rss_bytes;
 
 /// What to benchmark.
 #[derive(Clone, Debug)]
@@ -36,14 +37,6 @@ impl Default for BenchOptions {
             dir: None,
         }
     }
-}
-
-/// Peak resident set size of this process in bytes (`VmHWM` from `/proc/self/status`), if known.
-pub fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
 }
 
 const SEP: &str = "<|endoftext|>";

@@ -11,6 +11,7 @@ use rayon::prelude::*;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+use tardbot_core::memory::peak_rss_bytes;
 use tardbot_tokens::error::{Result, TokenizeError, io_err};
 use tardbot_tokens::loader::{Batch, Loader, LoaderConfig};
 use tardbot_tokens::pack::pack;
@@ -36,14 +37,6 @@ pub fn read_text_docs(path: &Path) -> Result<Vec<String>> {
         docs.push(cur);
     }
     Ok(docs)
-}
-
-/// Peak resident memory of this process so far (`VmHWM`), in bytes.
-pub fn peak_rss_bytes() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
 }
 
 /// Trains a tokenizer on a text corpus and measures it on a validation file: time, peak RSS,

@@ -184,6 +184,19 @@ fn newest_checkpoint(dir: &Path, stage: &str) -> i64 {
     })
 }
 
+/// Held-out losses of a stage of run-1, in step order.
+fn val_losses(dir: &Path, stage: &str) -> Vec<f64> {
+    with_ledger(dir, async |l| {
+        let run = l.run("run-1").await.unwrap();
+        l.eval_series(run.id, stage, "val", "loss")
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|(_, v)| v)
+            .collect()
+    })
+}
+
 /// (suite, metric, step) of every eval a stage recorded in run-1.
 fn evals(dir: &Path, stage: &str) -> Vec<(String, String, i64)> {
     with_ledger(dir, async |l| {
@@ -218,15 +231,7 @@ fn run_all_trains_and_a_sigkilled_run_resumes_bit_exactly() {
         last < first - 0.5,
         "training loss must fall: {first} -> {last}"
     );
-    let val: Vec<f64> = with_ledger(a.path(), async |l| {
-        let run = l.run("run-1").await.unwrap();
-        l.eval_series(run.id, "pretrain", "val", "loss")
-            .await
-            .unwrap()
-            .into_iter()
-            .filter_map(|(_, v)| v)
-            .collect()
-    });
+    let val = val_losses(a.path(), "pretrain");
     assert!(
         val.len() >= 2 && val[val.len() - 1] < val[0],
         "validation loss must fall: {val:?}"
@@ -270,15 +275,7 @@ fn run_all_trains_and_a_sigkilled_run_resumes_bit_exactly() {
                 );
             }
         }
-        let val: Vec<f64> = with_ledger(a.path(), async |l| {
-            let run = l.run("run-1").await.unwrap();
-            l.eval_series(run.id, stage, "val", "loss")
-                .await
-                .unwrap()
-                .into_iter()
-                .filter_map(|(_, v)| v)
-                .collect()
-        });
+        let val = val_losses(a.path(), stage);
         assert!(
             val[val.len() - 1] < val[0],
             "{stage}: held-out loss must fall: {val:?}"

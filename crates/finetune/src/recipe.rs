@@ -83,7 +83,7 @@ pub fn run(ctx: &StageContext, spec: Finetune) -> Result<StageOutput, StageError
         cfg,
     )?;
     let val_batches = fixed_batches(
-        data.open_val(&tokenizer)?,
+        data.open("val", &tokenizer)?,
         cfg.batch_size,
         cfg.eval_batches,
         seed,
@@ -94,7 +94,7 @@ pub fn run(ctx: &StageContext, spec: Finetune) -> Result<StageOutput, StageError
     let mut trainer =
         Trainer::from_weights(&model_cfg, cfg, &weights).map_err(StageError::failed)?;
     let resumed = ctx.resume.is_some();
-    let mut loader = match restore(ctx, &mut trainer, data.open_train(&tokenizer)?)? {
+    let mut loader = match restore(ctx, &mut trainer, data.open("train", &tokenizer)?)? {
         Some(loader) => loader,
         None => {
             let lc = LoaderConfig {
@@ -103,7 +103,7 @@ pub fn run(ctx: &StageContext, spec: Finetune) -> Result<StageOutput, StageError
                 rank: 0,
                 world_size: 1,
             };
-            Loader::new(data.open_train(&tokenizer)?, lc).map_err(StageError::failed)?
+            Loader::new(data.open("train", &tokenizer)?, lc).map_err(StageError::failed)?
         }
     };
     ctx.event(
@@ -225,14 +225,6 @@ impl Data {
         let shard = TokenShard::open(&self.dir.join("shards").join(name), Some(&tok.hash))
             .map_err(StageError::failed)?;
         Ok(vec![shard])
-    }
-
-    fn open_train(&self, tok: &LoadedTokenizer) -> Result<Vec<TokenShard>, StageError> {
-        self.open("train", tok)
-    }
-
-    fn open_val(&self, tok: &LoadedTokenizer) -> Result<Vec<TokenShard>, StageError> {
-        self.open("val", tok)
     }
 }
 

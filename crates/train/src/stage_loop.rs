@@ -58,6 +58,7 @@ pub fn train_loop(
         Ok(())
     };
 
+    let flops = trainer.model.config().train_flops_per_token(cfg.seq_len);
     let progress = ctx.progress(cfg.steps, "steps");
     progress.set_position(trainer.step);
     let mut bad_steps = 0;
@@ -89,7 +90,6 @@ pub fn train_loop(
             continue;
         }
         bad_steps = 0;
-        let flops = trainer.model.config().train_flops_per_token(cfg.seq_len);
         log_step(
             ctx,
             trainer.step,

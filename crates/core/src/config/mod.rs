@@ -15,7 +15,7 @@ pub mod validate;
 pub use finetune::{
     CotDataConfig, FinetuneDataConfig, SftDataConfig, TaskEvalConfig, ToolcallDataConfig,
 };
-pub use ingest::{IngestConfig, OnError, SourceConfig, SourceFormat};
+pub use ingest::{FilterConfig, IngestConfig, OnError, SourceConfig, SourceFormat};
 pub use tokenize::{TokenizeConfig, TokenizerConfig};
 pub use train::{Schedule, TrainConfig};
 pub use validate::{ConfigError, ConfigProblem, Problems};

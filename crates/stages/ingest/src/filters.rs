@@ -5,7 +5,7 @@
 //! with per-thread buffers reused from document to document.
 
 use std::cell::RefCell;
-use tardbot_core::config::IngestConfig;
+use tardbot_core::config::FilterConfig;
 
 /// Why a document was dropped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -54,42 +54,14 @@ impl Reason {
     }
 }
 
-/// Thresholds, from `[ingest.filters]`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct FilterRules {
-    pub enabled: bool,
-    pub min_words: usize,
-    pub max_words: usize,
-    pub min_mean_word_len: f64,
-    pub max_mean_word_len: f64,
-    pub max_dup_line_fraction: f64,
-    pub max_dup_line_char_fraction: f64,
-    pub max_top_2gram_char_fraction: f64,
-    pub max_dup_5gram_char_fraction: f64,
-    pub max_symbol_ratio: f64,
-    pub min_alpha_word_fraction: f64,
+/// The quality rules of `[ingest.filters]` applied to one document.
+pub trait FilterRules {
+    /// `None` keeps the document; `Some(reason)` drops it.
+    fn check(&self, text: &str) -> Option<Reason>;
 }
 
-impl FilterRules {
-    pub fn from_config(cfg: &IngestConfig) -> Self {
-        let f = &cfg.filters;
-        FilterRules {
-            enabled: f.enabled,
-            min_words: f.min_words,
-            max_words: f.max_words,
-            min_mean_word_len: f.min_mean_word_len,
-            max_mean_word_len: f.max_mean_word_len,
-            max_dup_line_fraction: f.max_dup_line_fraction,
-            max_dup_line_char_fraction: f.max_dup_line_char_fraction,
-            max_top_2gram_char_fraction: f.max_top_2gram_char_fraction,
-            max_dup_5gram_char_fraction: f.max_dup_5gram_char_fraction,
-            max_symbol_ratio: f.max_symbol_ratio,
-            min_alpha_word_fraction: f.min_alpha_word_fraction,
-        }
-    }
-
-    /// `None` keeps the document; `Some(reason)` drops it.
-    pub fn check(&self, text: &str) -> Option<Reason> {
+impl FilterRules for FilterConfig {
+    fn check(&self, text: &str) -> Option<Reason> {
         if !self.enabled {
             return None;
         }
@@ -434,16 +406,8 @@ fn fx(bytes: &[u8]) -> u64 {
 mod tests {
     use super::*;
 
-    fn rules() -> FilterRules {
-        FilterRules::from_config(
-            &tardbot_core::config::PipelineConfig::from_text(
-                "[model]\npreset = \"mac_nano\"\n[ingest]\nsources = []\nenabled = false\n",
-                std::path::Path::new("t.toml"),
-                std::path::Path::new("."),
-            )
-            .expect("test config parses")
-            .ingest,
-        )
+    fn rules() -> FilterConfig {
+        FilterConfig::default()
     }
 
     const PROSE: &str = "It was the best of times, it was the worst of times, it was the age of wisdom, \
@@ -485,7 +449,7 @@ mod tests {
         assert_eq!(loose.check(&spam), Some(Reason::Dup5gram));
         loose.max_dup_5gram_char_fraction = 1.0;
         assert_eq!(loose.check(&spam), None);
-        let max = FilterRules {
+        let max = FilterConfig {
             max_words: 10,
             ..rules()
         };
@@ -514,7 +478,7 @@ mod tests {
 
     #[test]
     fn disabled_keeps_everything() {
-        let r = FilterRules {
+        let r = FilterConfig {
             enabled: false,
             ..rules()
         };

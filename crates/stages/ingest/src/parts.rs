@@ -16,13 +16,14 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::sync_channel;
+use tardbot_core::config::FilterConfig;
 use tardbot_core::config::OnError;
 
 /// Everything needed to turn files into parts.
 pub struct PartSettings {
     pub dir: PathBuf,
     pub clean: CleanPolicy,
-    pub filters: FilterRules,
+    pub filters: FilterConfig,
     pub read: ReadOptions,
     pub validation_fraction: f64,
     pub seed: u64,

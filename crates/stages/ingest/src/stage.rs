@@ -3,7 +3,6 @@
 use crate::clean::CleanPolicy;
 use crate::dedup;
 use crate::error::IngestError;
-use crate::filters::FilterRules;
 use crate::manifest::{MANIFEST_FILE, Manifest, SourceEntry};
 use crate::parts::{self, PartSettings, PendingPart};
 use crate::report::{self, Counts};
@@ -155,7 +154,7 @@ pub fn ingest(cfg: &PipelineConfig, env: &IngestEnv<'_>) -> Result<IngestSummary
     let settings = PartSettings {
         dir: env.work_dir.join("parts"),
         clean: CleanPolicy::from_config(ic),
-        filters: FilterRules::from_config(ic),
+        filters: ic.filters.clone(),
         read: ReadOptions {
             on_error: ic.on_error,
             max_document_bytes: ic.max_document_bytes,

@@ -71,7 +71,7 @@ fn no_gradient_flows_from_prompt_or_tool_result_tokens() {
     .unwrap();
     let mut cfg = ModelConfig::from_preset("micro").unwrap();
     cfg.vocab_size = VOCAB;
-    let trainer = Trainer::new(&cfg, &TrainConfig::finetune_default(), 7).unwrap();
+    let trainer = Trainer::new(&cfg, &TrainConfig::finetune_default(), 7, None).unwrap();
     let targets: Vec<u32> = ids[1..].to_vec();
 
     // Every target whose mask is 0 (system, user, tool-result tokens and turn openers) replaced.

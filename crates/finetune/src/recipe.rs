@@ -91,8 +91,8 @@ pub fn run(ctx: &StageContext, spec: Finetune) -> Result<StageOutput, StageError
     .map_err(StageError::Failed)?;
 
     // 3. Trainer and loader.
-    let mut trainer =
-        Trainer::from_weights(&model_cfg, cfg, &weights).map_err(StageError::failed)?;
+    let mut trainer = Trainer::from_weights(&model_cfg, cfg, &weights, Some(&ctx.work_dir))
+        .map_err(StageError::failed)?;
     let resumed = ctx.resume.is_some();
     let mut loader = match restore(ctx, &mut trainer, data.open("train", &tokenizer)?)? {
         Some(loader) => loader,

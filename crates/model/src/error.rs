@@ -5,6 +5,8 @@
 pub enum ModelError {
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Store(#[from] crate::expert_store::StoreError),
     #[error("invalid model config: {0}")]
     Config(String),
     #[error("invalid input: {0}")]

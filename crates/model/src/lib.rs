@@ -21,15 +21,22 @@
 //!   silicon (NEON) and as a 4× smaller resident model.
 //! - [`bench::bench_generate`]: tokens/s of generation, fp32 and int8.
 //!
-//! What it does not do: optimizers, schedules, checkpoint directories, activation checkpointing and the
-//! expert store (the training engine's job; [`Block::forward`], [`TardBot::embed`] and [`TardBot::head`]
-//! let it run the blocks one at a time), tokenization, and choosing presets ([`tardbot_core::ModelConfig`]).
+//! - [`expert_store`]: every MoE expert's weights, gradient accumulators and AdamW moments in one
+//!   memory-mapped file, a checksummed region per (layer, expert); [`TardBot::with_expert_store`] builds
+//!   a model whose experts are computed from it one region at a time ([`stored_expert`]), so that only
+//!   `max_experts_in_memory` experts are in memory.
+//!
+//! What it does not do: optimizers (the training engine updates the store's regions), schedules,
+//! checkpoint directories, activation checkpointing (the training engine's job; [`Block::forward`],
+//! [`TardBot::embed`] and [`TardBot::head`] let it run the blocks one at a time), tokenization, and
+//! choosing presets ([`tardbot_core::ModelConfig`]).
 //!
 //! Devices: CPU always; `cuda` and `metal` cargo features enable candle's backends (not built in CI).
 
 pub mod attention;
 pub mod bench;
 pub mod error;
+pub mod expert_store;
 pub mod fused;
 pub mod generate;
 pub mod io;
@@ -39,14 +46,17 @@ pub mod moe;
 pub mod ops;
 pub mod profile;
 pub mod rng;
+pub mod stored_expert;
 
 pub use attention::{AttnCtx, LayerKvCache};
 pub use bench::{BenchGenerateOptions, bench_generate};
 pub use error::{ModelError, Result};
+pub use expert_store::{ExpertStore, StoreError, StoreLayout};
 pub use generate::{GenerateConfig, Generation, Sampler, SamplingParams, StopReason, generate};
 pub use io::{load_model, load_safetensors_into, save_safetensors};
 pub use model::{
-    Block, Ffn, KvCache, Loss, ModelOutput, TardBot, cross_entropy, init_weights, named_vars,
+    Block, Ffn, KvCache, Loss, ModelOutput, TardBot, cross_entropy, init_expert_store,
+    init_weights, named_vars,
 };
 pub use tardbot_core::ModelConfig;
 

@@ -2,12 +2,15 @@
 //! RMSNorm → LM head (tied to the embedding by default).
 
 use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::{D, DType, Device, Tensor, Var};
 use candle_nn::{Init, VarBuilder, VarMap};
 use tardbot_core::ModelConfig;
 
 use crate::attention::{Attention, AttnCtx, LayerKvCache};
+use crate::expert_store::{ExpertStore, StoreLayout};
 use crate::mlp::SwiGlu;
 use crate::moe::{Moe, MoeStats};
 use crate::ops::{Linear, logsumexp, rms_norm};
@@ -32,7 +35,12 @@ pub struct Block {
 }
 
 impl Block {
-    fn new(cfg: &ModelConfig, layer: usize, vb: VarBuilder) -> Result<Self> {
+    fn new(
+        cfg: &ModelConfig,
+        layer: usize,
+        vb: VarBuilder,
+        store: Option<&Arc<ExpertStore>>,
+    ) -> Result<Self> {
         let h = cfg.hidden_size;
         let attn_norm = vb
             .pp("attn_norm")
@@ -42,7 +50,7 @@ impl Block {
             .get_with_hints(h, "weight", Init::Const(1.0))?;
         let attn = Attention::new(cfg, vb.pp("attn"))?;
         let ffn = if cfg.is_moe_layer(layer) {
-            Ffn::Moe(Moe::new(cfg, vb.pp("moe"))?)
+            Ffn::Moe(Moe::new(cfg, vb.pp("moe"), store.map(|s| (s, layer)))?)
         } else {
             Ffn::Dense(SwiGlu::new(cfg, vb.pp("mlp"))?)
         };
@@ -151,12 +159,42 @@ pub struct TardBot {
     fused: bool,
     dtype: DType,
     device: Device,
+    /// Where the MoE experts live when they are not variables of `vb`.
+    expert_store: Option<Arc<ExpertStore>>,
 }
 
 impl TardBot {
     /// Builds the model from `vb` (a `VarMap` for training, safetensors for inference). Tensor names are
     /// those of [`TardBot::param_names`].
     pub fn new(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
+        Self::build(cfg, vb, None)
+    }
+
+    /// Builds the model with its MoE experts in `store` (f32 on CPU): `vb` holds everything else
+    /// (embedding, attention, dense MLPs, routers, norms). Used when `max_experts_in_memory <
+    /// n_experts`.
+    pub fn with_expert_store(
+        cfg: &ModelConfig,
+        vb: VarBuilder,
+        store: Arc<ExpertStore>,
+    ) -> Result<Self> {
+        if vb.dtype() != DType::F32 || !vb.device().is_cpu() {
+            return Err(ModelError::Input(format!(
+                "the expert store trains in f32 on the CPU, not {:?} on {:?}",
+                vb.dtype(),
+                vb.device()
+            )));
+        }
+        if *store.layout() != StoreLayout::from_config(cfg) {
+            return Err(ModelError::Input(format!(
+                "expert store {} was made for another model configuration",
+                store.path().display()
+            )));
+        }
+        Self::build(cfg, vb, Some(store))
+    }
+
+    fn build(cfg: &ModelConfig, vb: VarBuilder, store: Option<Arc<ExpertStore>>) -> Result<Self> {
         cfg.validate().map_err(ModelError::Config)?;
         let embed = vb.pp("embed").get_with_hints(
             (cfg.vocab_size, cfg.hidden_size),
@@ -167,7 +205,7 @@ impl TardBot {
             },
         )?;
         let blocks = (0..cfg.n_layers)
-            .map(|i| Block::new(cfg, i, vb.pp("layers").pp(i)))
+            .map(|i| Block::new(cfg, i, vb.pp("layers").pp(i), store.as_ref()))
             .collect::<Result<Vec<_>>>()?;
         let final_norm =
             vb.pp("final_norm")
@@ -193,7 +231,13 @@ impl TardBot {
             fused: false,
             dtype: vb.dtype(),
             device: vb.device().clone(),
+            expert_store: store,
         })
+    }
+
+    /// The expert store of a model built by [`TardBot::with_expert_store`].
+    pub fn expert_store(&self) -> Option<&Arc<ExpertStore>> {
+        self.expert_store.as_ref()
     }
 
     /// A freshly initialised model (seeded scaled normal, see [`init_weights`]) and its `VarMap`.
@@ -497,24 +541,47 @@ impl ToF64 for Tensor {
 /// untied head N(0, init_std²); output projections (`attn.o`, `down`) N(0, (init_std/√(2·n_layers))²) so the
 /// residual stream's variance does not grow with depth (GPT-2 scaling).
 pub fn init_weights(varmap: &VarMap, cfg: &ModelConfig, seed: u64) -> Result<()> {
-    let out_std = cfg.init_std / (2.0 * cfg.n_layers as f64).sqrt();
     for (name, var) in named_vars(varmap) {
-        let n = var.elem_count();
-        let vals: Vec<f64> = if name.ends_with("norm.weight") {
-            vec![1.0; n]
-        } else {
-            let std = if name.ends_with(".o.weight") || name.ends_with(".down.weight") {
-                out_std
-            } else {
-                cfg.init_std
-            };
-            let mut r = Rng::for_name(seed, &name);
-            (0..n).map(|_| r.normal() * std).collect()
-        };
+        let vals = init_values(cfg, seed, &name, var.elem_count());
         let t = Tensor::from_vec(vals, var.shape(), var.device())?.to_dtype(var.dtype())?;
         var.set(&t)?;
     }
     Ok(())
+}
+
+/// Creates an expert store at `path` holding `cfg`'s experts initialised as [`init_weights`] would
+/// initialise them as variables (the same values, bit for bit, in f32).
+pub fn init_expert_store(path: &Path, cfg: &ModelConfig, seed: u64) -> Result<ExpertStore> {
+    let layout = StoreLayout::from_config(cfg);
+    let elems: Vec<usize> = layout.tensors.iter().map(|t| t.elems()).collect();
+    let names: Vec<String> = layout.tensors.iter().map(|t| t.name.clone()).collect();
+    Ok(ExpertStore::create(path, layout, |l, e, tensor| {
+        let n = names
+            .iter()
+            .position(|x| x == tensor)
+            .map(|i| elems[i])
+            .unwrap_or(0);
+        let name = StoreLayout::param_name(l, e, tensor);
+        // f64 → f32 with `as`, as candle's `to_dtype` rounds.
+        Ok(init_values(cfg, seed, &name, n)
+            .into_iter()
+            .map(|v| v as f32)
+            .collect())
+    })?)
+}
+
+/// The initial values of parameter `name` (`n` elements): see [`init_weights`].
+fn init_values(cfg: &ModelConfig, seed: u64, name: &str, n: usize) -> Vec<f64> {
+    if name.ends_with("norm.weight") {
+        return vec![1.0; n];
+    }
+    let std = if name.ends_with(".o.weight") || name.ends_with(".down.weight") {
+        cfg.init_std / (2.0 * cfg.n_layers as f64).sqrt()
+    } else {
+        cfg.init_std
+    };
+    let mut r = Rng::for_name(seed, name);
+    (0..n).map(|_| r.normal() * std).collect()
 }
 
 /// The variables of `varmap` by name, sorted by name (stable order for optimizers and checkpoints).

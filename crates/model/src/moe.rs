@@ -12,11 +12,15 @@
 //!   expert e (a constant), `P_e` = mean router probability of e. Equals 1 under perfect balance.
 //! - Router z-loss: `mean_tokens(logsumexp(router logits)²)`, keeps router logits small.
 
+use std::sync::Arc;
+
 use candle_core::{DType, Tensor};
 use candle_nn::{Init, VarBuilder};
 
+use crate::expert_store::ExpertStore;
 use crate::mlp::SwiGlu;
 use crate::ops::{Linear, logsumexp, softmax};
+use crate::stored_expert::StoredExpert;
 use crate::{ModelError, Result};
 
 /// What one MoE layer reports besides its output.
@@ -30,15 +34,47 @@ pub struct MoeStats {
     pub expert_counts: Vec<u32>,
 }
 
+/// Where a layer's experts live.
+#[derive(Clone, Debug)]
+pub enum Experts {
+    /// Candle tensors (variables when training): all experts in memory.
+    Resident(Vec<SwiGlu>),
+    /// Regions of an expert store, checked out one at a time by [`StoredExpert`] (`max_experts_in_memory
+    /// < n_experts`).
+    Stored {
+        store: Arc<ExpertStore>,
+        layer: usize,
+    },
+}
+
+impl Experts {
+    pub fn len(&self) -> usize {
+        match self {
+            Experts::Resident(v) => v.len(),
+            Experts::Stored { store, .. } => store.layout().n_experts,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Moe {
     pub router: Linear,
-    pub experts: Vec<SwiGlu>,
+    pub experts: Experts,
     pub top_k: usize,
 }
 
 impl Moe {
-    pub fn new(cfg: &tardbot_core::ModelConfig, vb: VarBuilder) -> Result<Self> {
+    /// `store`: the expert store holding this layer's experts (`layer` is the model layer index);
+    /// `None`: resident experts from `vb`.
+    pub fn new(
+        cfg: &tardbot_core::ModelConfig,
+        vb: VarBuilder,
+        store: Option<(&Arc<ExpertStore>, usize)>,
+    ) -> Result<Self> {
         let router = Linear::new(vb.pp("router").get_with_hints(
             (cfg.n_experts, cfg.hidden_size),
             "weight",
@@ -47,9 +83,17 @@ impl Moe {
                 stdev: cfg.init_std,
             },
         )?);
-        let experts = (0..cfg.n_experts)
-            .map(|e| SwiGlu::new(cfg, vb.pp("experts").pp(e)))
-            .collect::<Result<Vec<_>>>()?;
+        let experts = match store {
+            Some((store, layer)) => Experts::Stored {
+                store: store.clone(),
+                layer,
+            },
+            None => Experts::Resident(
+                (0..cfg.n_experts)
+                    .map(|e| SwiGlu::new(cfg, vb.pp("experts").pp(e)))
+                    .collect::<Result<Vec<_>>>()?,
+            ),
+        };
         Ok(Moe {
             router,
             experts,
@@ -103,10 +147,8 @@ impl Moe {
         let dev = x.device();
         let mut outs = Vec::with_capacity(e);
         let mut rows = Vec::with_capacity(n * k);
-        for (ex, expert) in self.experts.iter().enumerate() {
-            if tokens[ex].is_empty() {
-                continue;
-            }
+        let routed: Vec<usize> = (0..e).filter(|&ex| !tokens[ex].is_empty()).collect();
+        for (i, &ex) in routed.iter().enumerate() {
             let ids = Tensor::new(tokens[ex].as_slice(), dev)?;
             let sl = Tensor::new(slots[ex].as_slice(), dev)?;
             let rows_in = xf.index_select(&ids, 0)?;
@@ -114,7 +156,19 @@ impl Moe {
             let y = {
                 let _experts =
                     crate::profile::Span::start(crate::profile::Counter::MoeExpertsForward);
-                expert.forward(&rows_in)?
+                match &self.experts {
+                    Experts::Resident(v) => v[ex].forward(&rows_in)?,
+                    Experts::Stored { store, layer } => {
+                        if let Some(&next) = routed.get(i + 1) {
+                            store.prefetch(*layer, next)?;
+                        }
+                        rows_in.apply_op1(StoredExpert {
+                            store: store.clone(),
+                            layer: *layer,
+                            expert: ex,
+                        })?
+                    }
+                }
             };
             span.resume();
             let w = top.index_select(&sl, 0)?.unsqueeze(1)?;
@@ -141,13 +195,20 @@ impl Moe {
     }
 
     pub fn quantized(&self) -> Result<Self> {
+        let Experts::Resident(experts) = &self.experts else {
+            return Err(ModelError::Input(
+                "int8 inference needs resident experts: export the expert store to safetensors first"
+                    .into(),
+            ));
+        };
         Ok(Moe {
             router: self.router.clone(),
-            experts: self
-                .experts
-                .iter()
-                .map(|x| x.quantized())
-                .collect::<Result<_>>()?,
+            experts: Experts::Resident(
+                experts
+                    .iter()
+                    .map(|x| x.quantized())
+                    .collect::<Result<_>>()?,
+            ),
             top_k: self.top_k,
         })
     }

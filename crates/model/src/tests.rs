@@ -418,7 +418,7 @@ fn safetensors_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("model.safetensors");
     let (a, vm) = TardBot::new_random(&cfg, 1, DType::F32, &dev).unwrap();
-    save_safetensors(&vm, &path).unwrap();
+    save_safetensors(&vm, None, &path).unwrap();
     let (b, vm2) = load_model(&cfg, &path, DType::F32, &dev).unwrap();
     let x = ids(&cfg, 1, 7, 1);
     assert_eq!(
@@ -553,7 +553,7 @@ fn reference_export() {
     d[t + 17..].iter_mut().for_each(|v| *v = 1);
     let docs = Tensor::from_vec(d, (b, t), &dev).unwrap();
     let out = model.forward(&x, Some(&docs)).unwrap();
-    save_safetensors(&vm, &dir.join("model.safetensors")).unwrap();
+    save_safetensors(&vm, None, &dir.join("model.safetensors")).unwrap();
     let io: std::collections::HashMap<String, Tensor> = [
         ("ids".to_string(), x),
         ("docs".to_string(), docs),

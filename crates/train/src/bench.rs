@@ -101,7 +101,8 @@ fn run(opts: &BenchTrainOptions) -> Result<serde_json::Value> {
         ..TrainConfig::pretrain_default()
     };
     let rss_before_model = peak_rss_mib();
-    let mut trainer = Trainer::new(&cfg, &train, opts.seed)?;
+    let store_dir = BenchDir::new("train")?;
+    let mut trainer = Trainer::new(&cfg, &train, opts.seed, Some(&store_dir.0))?;
     let rss_model = peak_rss_mib();
     let batch = random_batch(&cfg, opts.batch, opts.seq, opts.seed + 1)?;
     for _ in 0..opts.warmup {
@@ -257,4 +258,24 @@ fn run(opts: &BenchTrainOptions) -> Result<serde_json::Value> {
         "peak_rss_of_steps_only": peak_reset,
         "loss": last.loss,
     }))
+}
+
+/// A scratch directory for a benchmark's expert store, removed when dropped.
+pub(crate) struct BenchDir(pub std::path::PathBuf);
+
+impl BenchDir {
+    pub(crate) fn new(what: &str) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("tardbot-bench-{what}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| TrainError::State {
+            path: dir.clone(),
+            what: e.to_string(),
+        })?;
+        Ok(BenchDir(dir))
+    }
+}
+
+impl Drop for BenchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

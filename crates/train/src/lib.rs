@@ -25,7 +25,7 @@
 pub mod batch;
 pub mod bench;
 pub mod checkpoint;
-pub mod expert_store;
+pub mod expert_checkpoint;
 pub mod optim;
 pub mod schedule;
 pub mod stage_loop;

@@ -4,6 +4,10 @@
 //! `p ← p − lr · m̂ / (√v̂ + ε)` with bias-corrected moments. On CPU the whole update of a parameter
 //! is one pass over its memory, in place (a candle `InplaceOp2` over parameter and gradient): no
 //! temporaries, which is what dominates optimizer time with tensor-op formulations.
+//!
+//! Experts kept in an [`ExpertStore`] are updated by the same element-wise kernel, one region at a
+//! time, with the same step count and clip scale; their gradient norms join the global norm in the
+//! same (name) order as resident parameters', so both placements compute the same floats.
 
 use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, DType, InplaceOp2, Layout, Var};
@@ -11,6 +15,7 @@ use rayon::prelude::*;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use tardbot_model::expert_store::{ExpertStore, StoreError, StoreLayout};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OptimError {
@@ -20,6 +25,8 @@ pub enum OptimError {
     Param { name: String, what: String },
     #[error("optimizer state {}: {what}", path.display())]
     State { path: PathBuf, what: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 pub type Result<T> = std::result::Result<T, OptimError>;
@@ -58,6 +65,8 @@ struct ParamState {
 pub struct AdamW {
     params: Vec<ParamState>,
     config: AdamWConfig,
+    /// Which parameters decay, by name (also asked for the expert store's tensors).
+    decay: fn(&str) -> bool,
     /// Updates applied so far (the bias-correction exponent).
     t: u64,
 }
@@ -68,7 +77,7 @@ impl AdamW {
     pub fn new(
         vars: Vec<(String, Var)>,
         config: AdamWConfig,
-        decay: impl Fn(&str) -> bool,
+        decay: fn(&str) -> bool,
     ) -> Result<Self> {
         let params = vars
             .into_iter()
@@ -96,6 +105,7 @@ impl AdamW {
         Ok(AdamW {
             params,
             config,
+            decay,
             t: 0,
         })
     }
@@ -105,9 +115,10 @@ impl AdamW {
         self.t
     }
 
-    /// Global L2 norm of the gradients of all parameters (a parameter without a gradient counts 0).
-    pub fn grad_norm(&self, grads: &GradStore) -> Result<f64> {
-        let mut sum = 0f64;
+    /// Global L2 norm of the gradients of all parameters (a parameter without a gradient counts 0),
+    /// including the experts of `store` that hold gradients.
+    pub fn grad_norm(&self, grads: &GradStore, store: Option<&ExpertStore>) -> Result<f64> {
+        let mut sums: Vec<(String, f64)> = Vec::with_capacity(self.params.len());
         for p in &self.params {
             if let Some(g) = grads.get(p.var.as_tensor()) {
                 let g = g.to_dtype(DType::F32)?.contiguous()?;
@@ -120,30 +131,39 @@ impl AdamW {
                         what: "gradient is not a contiguous f32 CPU tensor".into(),
                     });
                 };
-                // Fixed chunks, partial sums added in order: the same value whatever the
-                // thread count (exact resume relies on it).
-                let partial: Vec<f64> = data[a..b]
-                    .par_chunks(CHUNK)
-                    .map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
-                    .collect();
-                sum += partial.iter().sum::<f64>();
+                sums.push((p.name.clone(), sum_squares(&data[a..b])));
             }
         }
-        Ok(sum.sqrt())
+        if let Some(store) = store {
+            let specs = store.layout().tensors.clone();
+            for (layer, expert) in store.regions_with_grads() {
+                let region = store.region(layer, expert)?;
+                for (t, spec) in specs.iter().enumerate() {
+                    let name = StoreLayout::param_name(layer, expert, &spec.name);
+                    sums.push((name, sum_squares(region.grads(t))));
+                }
+            }
+        }
+        // Added in name order whatever the placement: the same value for resident and stored experts.
+        sums.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(sums.iter().map(|(_, s)| s).sum::<f64>().sqrt())
     }
 
     /// One update at learning rate `lr`. With `clip > 0`, gradients are scaled so that their global
     /// norm is at most `clip`. Returns the norm before clipping.
     pub fn step(&mut self, grads: &GradStore, lr: f64, clip: f64) -> Result<f64> {
-        let norm = self.grad_norm(grads)?;
-        self.step_with_norm(grads, norm, lr, clip)?;
+        let norm = self.grad_norm(grads, None)?;
+        self.step_with_norm(grads, None, norm, lr, clip)?;
         Ok(norm)
     }
 
-    /// [`AdamW::step`] with the global gradient norm already computed by [`AdamW::grad_norm`].
+    /// [`AdamW::step`] with the global gradient norm already computed by [`AdamW::grad_norm`]; also
+    /// updates every expert of `store` that holds gradients (one region checked out at a time, its
+    /// gradients zeroed afterwards).
     pub fn step_with_norm(
         &mut self,
         grads: &GradStore,
+        store: Option<&ExpertStore>,
         norm: f64,
         lr: f64,
         clip: f64,
@@ -154,8 +174,9 @@ impl AdamW {
             1.0
         };
         self.t += 1;
-        let c = self.config;
-        for p in &mut self.params {
+        for i in 0..self.params.len() {
+            let hyper = self.hyper(lr, self.params[i].decay, scale);
+            let p = &mut self.params[i];
             let Some(g) = grads.get(p.var.as_tensor()) else {
                 continue;
             };
@@ -163,18 +184,7 @@ impl AdamW {
             let op = AdamWUpdate {
                 m: RefCell::new(&mut p.m),
                 v: RefCell::new(&mut p.v),
-                lr: lr as f32,
-                decay: if p.decay {
-                    (lr * c.weight_decay) as f32
-                } else {
-                    0.0
-                },
-                beta1: c.beta1 as f32,
-                beta2: c.beta2 as f32,
-                eps: c.eps as f32,
-                bias1: (1.0 - c.beta1.powi(self.t as i32)) as f32,
-                bias2_sqrt: (1.0 - c.beta2.powi(self.t as i32)).sqrt() as f32,
-                grad_scale: scale as f32,
+                hyper,
             };
             p.var
                 .as_tensor()
@@ -184,7 +194,51 @@ impl AdamW {
                     what: e.to_string(),
                 })?;
         }
+        if let Some(store) = store {
+            let specs = store.layout().tensors.clone();
+            let todo = store.regions_with_grads();
+            for (i, &(layer, expert)) in todo.iter().enumerate() {
+                if let Some(&(l, e)) = todo.get(i + 1) {
+                    store.prefetch(l, e)?;
+                }
+                let mut region = store.region(layer, expert)?;
+                for (t, spec) in specs.iter().enumerate() {
+                    let name = StoreLayout::param_name(layer, expert, &spec.name);
+                    let hyper = self.hyper(lr, (self.decay)(&name), scale);
+                    let ts = region.tensor_mut(t)?;
+                    adamw_update(ts.weights, ts.grads, ts.m, ts.v, &hyper);
+                }
+                region.zero_grads()?;
+            }
+        }
         Ok(())
+    }
+
+    /// Drops the gradients accumulated in `store` without updating (a rejected step).
+    pub fn discard_store_grads(store: &ExpertStore) -> Result<()> {
+        for (layer, expert) in store.regions_with_grads() {
+            store.region(layer, expert)?.zero_grads()?;
+        }
+        Ok(())
+    }
+
+    /// The constants of one parameter's update at step `self.t`.
+    fn hyper(&self, lr: f64, decay: bool, grad_scale: f64) -> AdamWHyper {
+        let c = self.config;
+        AdamWHyper {
+            lr: lr as f32,
+            decay: if decay {
+                (lr * c.weight_decay) as f32
+            } else {
+                0.0
+            },
+            beta1: c.beta1 as f32,
+            beta2: c.beta2 as f32,
+            eps: c.eps as f32,
+            bias1: (1.0 - c.beta1.powi(self.t as i32)) as f32,
+            bias2_sqrt: (1.0 - c.beta2.powi(self.t as i32)).sqrt() as f32,
+            grad_scale: grad_scale as f32,
+        }
     }
 
     /// Writes the moments and the step count (safetensors: `m.<name>`, `v.<name>`; metadata `t`).
@@ -261,10 +315,18 @@ impl AdamW {
     }
 }
 
-/// The fused per-parameter update, in place on the parameter's storage.
-struct AdamWUpdate<'a> {
-    m: RefCell<&'a mut Vec<f32>>,
-    v: RefCell<&'a mut Vec<f32>>,
+/// Sum of squares in f64, in fixed chunks whose partial sums are added in order: the same value
+/// whatever the thread count (exact resume relies on it).
+fn sum_squares(data: &[f32]) -> f64 {
+    let partial: Vec<f64> = data
+        .par_chunks(CHUNK)
+        .map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
+        .collect();
+    partial.iter().sum()
+}
+
+/// The constants of one parameter's AdamW update.
+struct AdamWHyper {
     lr: f32,
     decay: f32,
     beta1: f32,
@@ -273,6 +335,34 @@ struct AdamWUpdate<'a> {
     bias1: f32,
     bias2_sqrt: f32,
     grad_scale: f32,
+}
+
+/// The AdamW update of one parameter, in place. Element-wise, so splitting over threads changes no
+/// bit of the result.
+fn adamw_update(param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], h: &AdamWHyper) {
+    let step = h.lr / h.bias1;
+    let (beta1, beta2, decay, eps) = (h.beta1, h.beta2, h.decay, h.eps);
+    let (grad_scale, bias2_sqrt) = (h.grad_scale, h.bias2_sqrt);
+    param
+        .par_chunks_mut(CHUNK)
+        .zip(grad.par_chunks(CHUNK))
+        .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
+        .for_each(|((ps, gs), (ms, vs))| {
+            for (((p, &g), m), v) in ps.iter_mut().zip(gs).zip(ms.iter_mut()).zip(vs.iter_mut()) {
+                let g = g * grad_scale;
+                *m = beta1 * *m + (1.0 - beta1) * g;
+                *v = beta2 * *v + (1.0 - beta2) * g * g;
+                *p -= decay * *p;
+                *p -= step * *m / (v.sqrt() / bias2_sqrt + eps);
+            }
+        });
+}
+
+/// [`adamw_update`] in place on a candle parameter's storage.
+struct AdamWUpdate<'a> {
+    m: RefCell<&'a mut Vec<f32>>,
+    v: RefCell<&'a mut Vec<f32>>,
+    hyper: AdamWHyper,
 }
 
 impl InplaceOp2 for AdamWUpdate<'_> {
@@ -300,24 +390,7 @@ impl InplaceOp2 for AdamWUpdate<'_> {
         if param.len() != grad.len() || param.len() != m.len() {
             candle_core::bail!("adamw-update: parameter, gradient and moments differ in size")
         }
-        let step = self.lr / self.bias1;
-        let (beta1, beta2, decay, eps) = (self.beta1, self.beta2, self.decay, self.eps);
-        let (grad_scale, bias2_sqrt) = (self.grad_scale, self.bias2_sqrt);
-        // Element-wise, so splitting over threads changes no bit of the result.
-        param
-            .par_chunks_mut(CHUNK)
-            .zip(grad.par_chunks(CHUNK))
-            .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
-            .for_each(|((ps, gs), (ms, vs))| {
-                for (((p, &g), m), v) in ps.iter_mut().zip(gs).zip(ms.iter_mut()).zip(vs.iter_mut())
-                {
-                    let g = g * grad_scale;
-                    *m = beta1 * *m + (1.0 - beta1) * g;
-                    *v = beta2 * *v + (1.0 - beta2) * g * g;
-                    *p -= decay * *p;
-                    *p -= step * *m / (v.sqrt() / bias2_sqrt + eps);
-                }
-            });
+        adamw_update(param, grad, &mut m, &mut v, &self.hyper);
         Ok(())
     }
 }

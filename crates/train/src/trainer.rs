@@ -4,18 +4,20 @@
 //! Stages own the data (they turn their loader's batches into [`TokenBatch`]es) and the loop; the
 //! trainer owns the model, the optimizer and the schedule position, and saves/restores them exactly.
 
-use crate::checkpoint;
 use crate::optim::{AdamW, AdamWConfig, OptimError, default_decay};
 use crate::schedule::LrSchedule;
+use crate::{checkpoint, expert_checkpoint};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 use tardbot_core::ModelConfig;
 use tardbot_core::config::TrainConfig;
 use tardbot_model::{
-    ModelError, TardBot, init_weights, load_safetensors_into, named_vars, save_safetensors,
+    ExpertStore, ModelError, StoreError, TardBot, init_expert_store, init_weights,
+    load_safetensors_into, named_vars, save_safetensors,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +30,8 @@ pub enum TrainError {
     Optim(#[from] OptimError),
     #[error(transparent)]
     Checkpoint(#[from] checkpoint::CheckpointError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
     #[error("trainer state {}: {what}", path.display())]
     State {
         path: std::path::PathBuf,
@@ -104,30 +108,67 @@ struct TrainerState {
     extra: serde_json::Value,
 }
 
+/// The file of the expert store in `store_dir`, when `cfg` keeps fewer experts in memory than it has.
+fn expert_store_path(cfg: &ModelConfig, store_dir: Option<&Path>) -> Result<Option<PathBuf>> {
+    if cfg.n_moe_layers() == 0 || cfg.max_experts_in_memory >= cfg.n_experts {
+        return Ok(None);
+    }
+    match store_dir {
+        Some(d) => Ok(Some(d.join("experts.store"))),
+        None => Err(ModelError::Config(format!(
+            "max_experts_in_memory = {} < n_experts = {} needs a directory for the expert store",
+            cfg.max_experts_in_memory, cfg.n_experts
+        ))
+        .into()),
+    }
+}
+
+/// A model on CPU in f32 whose experts are variables of the returned `VarMap`, or live in `store`.
+fn build_model(cfg: &ModelConfig, store: Option<ExpertStore>) -> Result<(TardBot, VarMap)> {
+    let varmap = VarMap::new();
+    let vb = candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let model = match store {
+        Some(store) => {
+            store.set_max_resident(cfg.max_experts_in_memory);
+            TardBot::with_expert_store(cfg, vb, Arc::new(store))?
+        }
+        None => TardBot::new(cfg, vb)?,
+    };
+    Ok((model, varmap))
+}
+
 impl Trainer {
-    /// A freshly initialised model (seeded) and optimizer, on CPU in f32.
-    pub fn new(model_cfg: &ModelConfig, train: &TrainConfig, seed: u64) -> Result<Trainer> {
-        let varmap = VarMap::new();
-        let model = TardBot::new(
-            model_cfg,
-            candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
-        )?;
+    /// A freshly initialised model (seeded) and optimizer, on CPU in f32. With
+    /// `max_experts_in_memory < n_experts` the experts are created in an expert store in `store_dir`
+    /// (`experts.store`, replacing any file there), initialised to the same values.
+    pub fn new(
+        model_cfg: &ModelConfig,
+        train: &TrainConfig,
+        seed: u64,
+        store_dir: Option<&Path>,
+    ) -> Result<Trainer> {
+        let store = expert_store_path(model_cfg, store_dir)?
+            .map(|p| init_expert_store(&p, model_cfg, seed))
+            .transpose()?;
+        let (model, varmap) = build_model(model_cfg, store)?;
         init_weights(&varmap, model_cfg, seed)?;
         Self::with_model(model, varmap, train)
     }
 
-    /// Starts from the weights of `weights` (e.g. the previous stage's final model).
+    /// Starts from the weights of `weights` (e.g. the previous stage's final model); the experts go to
+    /// an expert store in `store_dir` as for [`Trainer::new`].
     pub fn from_weights(
         model_cfg: &ModelConfig,
         train: &TrainConfig,
         weights: &Path,
+        store_dir: Option<&Path>,
     ) -> Result<Trainer> {
-        let varmap = VarMap::new();
-        let model = TardBot::new(
-            model_cfg,
-            candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
-        )?;
-        load_safetensors_into(&varmap, weights)?;
+        let store = expert_store_path(model_cfg, store_dir)?
+            .map(|p| ExpertStore::from_safetensors(weights, &p, model_cfg))
+            .transpose()?;
+        let experts_elsewhere = store.is_some();
+        let (model, varmap) = build_model(model_cfg, store)?;
+        load_safetensors_into(&varmap, weights, experts_elsewhere)?;
         Self::with_model(model, varmap, train)
     }
 
@@ -158,27 +199,35 @@ impl Trainer {
     /// unless the loss or the gradient norm is NaN/Inf (then nothing is updated and the report says
     /// `rejected`).
     pub fn train_step(&mut self, micro_batches: &[TokenBatch]) -> Result<StepReport> {
+        let store = self.model.expert_store().cloned();
+        let store = store.as_deref();
         let (grads, mut report) = self.gradients(micro_batches)?;
-        let Some(grads) = grads else {
-            return Ok(report);
+        let grads = match grads {
+            Some(g) if report.loss.is_finite() => g,
+            _ => return self.reject(store, report),
         };
-        if !report.loss.is_finite() {
-            return Ok(report);
-        }
         let started = Instant::now();
-        let norm = self.opt.grad_norm(&grads)?;
+        let norm = self.opt.grad_norm(&grads, store)?;
         report.grad_norm = norm;
         if !norm.is_finite() {
             report.timings.optimizer_s = started.elapsed().as_secs_f64();
-            return Ok(report);
+            return self.reject(store, report);
         }
         self.opt
-            .step_with_norm(&grads, norm, report.lr, self.grad_clip)?;
+            .step_with_norm(&grads, store, norm, report.lr, self.grad_clip)?;
         drop(grads);
         report.timings.optimizer_s = started.elapsed().as_secs_f64();
         self.step += 1;
         self.tokens += report.tokens;
         report.rejected = false;
+        Ok(report)
+    }
+
+    /// A rejected step: nothing is updated; gradients accumulated in the expert store are dropped.
+    fn reject(&self, store: Option<&ExpertStore>, report: StepReport) -> Result<StepReport> {
+        if let Some(store) = store {
+            AdamW::discard_store_grads(store)?;
+        }
         Ok(report)
     }
 
@@ -413,10 +462,20 @@ impl Trainer {
         })
     }
 
-    /// Writes weights, optimizer state and trainer state into a checkpoint directory.
+    /// Writes weights, optimizer state and trainer state into a checkpoint directory (a fresh
+    /// `ckpt-<step>.tmp` beside the stage's other checkpoints). The expert store's regions go to
+    /// `experts/`, linked to the newest existing checkpoint's copies where unchanged.
     pub fn save(&self, dir: &Path, extra: serde_json::Value) -> Result<()> {
-        save_safetensors(&self.varmap, &dir.join("model.safetensors"))?;
+        save_safetensors(&self.varmap, None, &dir.join("model.safetensors"))?;
         self.opt.save(&dir.join("optim.safetensors"))?;
+        if let Some(store) = self.model.expert_store() {
+            let previous = dir
+                .parent()
+                .map(checkpoint::list)
+                .transpose()?
+                .and_then(|all| all.last().map(|c| c.path.clone()));
+            expert_checkpoint::save(store, dir, previous.as_deref())?;
+        }
         let state = TrainerState {
             step: self.step,
             tokens: self.tokens,
@@ -433,8 +492,11 @@ impl Trainer {
 
     /// Restores what [`Trainer::save`] wrote; returns the stage's `extra` state.
     pub fn load(&mut self, dir: &Path) -> Result<serde_json::Value> {
-        load_safetensors_into(&self.varmap, &dir.join("model.safetensors"))?;
+        load_safetensors_into(&self.varmap, &dir.join("model.safetensors"), false)?;
         self.opt.load(&dir.join("optim.safetensors"))?;
+        if let Some(store) = self.model.expert_store() {
+            expert_checkpoint::restore(store, dir)?;
+        }
         let path = dir.join("trainer.json");
         let state_err = |what: String| TrainError::State {
             path: path.clone(),
@@ -448,9 +510,13 @@ impl Trainer {
         Ok(state.extra)
     }
 
-    /// The final model for the next stage: weights only.
+    /// The final model for the next stage: weights only, experts included wherever they live.
     pub fn save_weights(&self, path: &Path) -> Result<()> {
-        Ok(save_safetensors(&self.varmap, path)?)
+        Ok(save_safetensors(
+            &self.varmap,
+            self.model.expert_store().map(|s| s.as_ref()),
+            path,
+        )?)
     }
 }
 
@@ -511,7 +577,7 @@ mod tests {
     #[test]
     fn loss_falls_on_a_learnable_sequence() {
         let cfg = ModelConfig::from_preset("micro").unwrap();
-        let mut t = Trainer::new(&cfg, &train_cfg(), 1).unwrap();
+        let mut t = Trainer::new(&cfg, &train_cfg(), 1, None).unwrap();
         let b = batch(&rows(4, 17, cfg.vocab_size as u32, 0));
         let first = t.train_step(std::slice::from_ref(&b)).unwrap();
         let mut last = first.clone();
@@ -536,7 +602,7 @@ mod tests {
         cfg.router_aux_loss_coef = 0.0;
         cfg.router_z_loss_coef = 0.0;
         let all = rows(4, 9, cfg.vocab_size as u32, 5);
-        let t = Trainer::new(&cfg, &train_cfg(), 3).unwrap();
+        let t = Trainer::new(&cfg, &train_cfg(), 3, None).unwrap();
         let (whole, r1) = t.gradients(&[batch(&all)]).unwrap();
         let (split, r2) = t.gradients(&[batch(&all[..2]), batch(&all[2..])]).unwrap();
         let (whole, split) = (whole.unwrap(), split.unwrap());
@@ -579,13 +645,13 @@ mod tests {
         let batches: Vec<TokenBatch> = (0..4)
             .map(|i| batch(&rows(2, 9, cfg.vocab_size as u32, i)))
             .collect();
-        let mut a = Trainer::new(&cfg, &train_cfg(), 7).unwrap();
+        let mut a = Trainer::new(&cfg, &train_cfg(), 7, None).unwrap();
         for b in &batches[..2] {
             a.train_step(std::slice::from_ref(b)).unwrap();
         }
         a.save(dir.path(), serde_json::json!({"cursor": 2}))
             .unwrap();
-        let mut b = Trainer::new(&cfg, &train_cfg(), 99).unwrap();
+        let mut b = Trainer::new(&cfg, &train_cfg(), 99, None).unwrap();
         assert_eq!(b.load(dir.path()).unwrap()["cursor"], 2);
         assert_eq!(b.step, 2);
         for batch in &batches[2..] {
@@ -661,7 +727,7 @@ mod tests {
     #[test]
     fn activation_checkpointing_gives_the_same_gradients() {
         let cfg = ModelConfig::from_preset("micro").unwrap();
-        let mut plain = Trainer::new(&cfg, &train_cfg(), 5).unwrap();
+        let mut plain = Trainer::new(&cfg, &train_cfg(), 5, None).unwrap();
         // Packed documents and a loss mask, as the fine-tuning stages use them.
         let mut b = batch(&rows(3, 11, cfg.vocab_size as u32, 2));
         let docs: Vec<u32> = (0..30).map(|i| (i % 10 >= 6) as u32).collect();
@@ -701,8 +767,8 @@ mod tests {
         // And whole steps: weights after 3 steps agree to float tolerance.
         let mut ckpt_cfg = train_cfg();
         ckpt_cfg.activation_checkpointing = true;
-        let mut a = Trainer::new(&cfg, &train_cfg(), 5).unwrap();
-        let mut c = Trainer::new(&cfg, &ckpt_cfg, 5).unwrap();
+        let mut a = Trainer::new(&cfg, &train_cfg(), 5, None).unwrap();
+        let mut c = Trainer::new(&cfg, &ckpt_cfg, 5, None).unwrap();
         assert!(c.activation_checkpointing && !a.activation_checkpointing);
         for _ in 0..3 {
             let ra = a.train_step(&two).unwrap();
@@ -734,8 +800,8 @@ mod tests {
                 activation_checkpointing: checkpointing,
                 ..train_cfg()
             };
-            let mut t = Trainer::new(&cfg, &tc, 4).unwrap();
-            let mut twin = Trainer::new(&cfg, &tc, 4).unwrap();
+            let mut t = Trainer::new(&cfg, &tc, 4, None).unwrap();
+            let mut twin = Trainer::new(&cfg, &tc, 4, None).unwrap();
             for tr in [&mut t, &mut twin] {
                 tr.train_step(std::slice::from_ref(&good)).unwrap();
             }
@@ -778,7 +844,7 @@ mod tests {
             grad_clip: 0.0,
             ..train_cfg()
         };
-        let mut t = Trainer::new(&cfg, &huge, 4).unwrap();
+        let mut t = Trainer::new(&cfg, &huge, 4, None).unwrap();
         let mut rejected = false;
         for _ in 0..5 {
             let before = weights_bits(&t);
@@ -795,5 +861,182 @@ mod tests {
             rejected,
             "a 1e30 learning rate never produced a non-finite step"
         );
+    }
+
+    /// Every weight of the model (experts included, wherever they live), as bits, by name.
+    fn all_weight_bits(t: &Trainer, dir: &Path) -> std::collections::BTreeMap<String, Vec<u32>> {
+        let path = dir.join("weights.safetensors");
+        t.save_weights(&path).unwrap();
+        candle_core::safetensors::load(&path, &Device::Cpu)
+            .unwrap()
+            .into_iter()
+            .map(|(n, w)| {
+                let bits = w
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.to_bits())
+                    .collect();
+                (n, bits)
+            })
+            .collect()
+    }
+
+    /// Issue 7's equivalence: `max_experts_in_memory = 1` (experts swapped through the store, one
+    /// region in memory at a time) and all-resident compute the same floats — losses, gradient norms
+    /// (clipping active) and every updated weight are bit-identical over several steps with two
+    /// micro-batches each, with and without activation checkpointing.
+    #[test]
+    fn swapped_experts_train_bit_identically_to_resident_experts() {
+        let resident_cfg = ModelConfig::from_preset("micro").unwrap();
+        let swapped_cfg = ModelConfig {
+            max_experts_in_memory: 1,
+            ..resident_cfg.clone()
+        };
+        let vocab = resident_cfg.vocab_size as u32;
+        for checkpointing in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let tc = TrainConfig {
+                activation_checkpointing: checkpointing,
+                ..train_cfg()
+            };
+            let mut a = Trainer::new(&resident_cfg, &tc, 11, None).unwrap();
+            let mut b = Trainer::new(&swapped_cfg, &tc, 11, Some(dir.path())).unwrap();
+            assert!(a.model.expert_store().is_none());
+            let store = b.model.expert_store().unwrap().clone();
+            assert_eq!(
+                all_weight_bits(&a, dir.path()),
+                all_weight_bits(&b, dir.path())
+            );
+            let mut clipped = 0;
+            for step in 0..4 {
+                let micro = [
+                    batch(&rows(2, 9, vocab, step)),
+                    batch(&rows(3, 9, vocab, step + 10)),
+                ];
+                let ra = a.train_step(&micro).unwrap();
+                let rb = b.train_step(&micro).unwrap();
+                assert!(!ra.rejected && !rb.rejected);
+                assert_eq!(ra.loss.to_bits(), rb.loss.to_bits(), "step {step} loss");
+                assert_eq!(
+                    ra.grad_norm.to_bits(),
+                    rb.grad_norm.to_bits(),
+                    "step {step} norm"
+                );
+                assert_eq!(ra.expert_counts, rb.expert_counts);
+                clipped += (ra.grad_norm > tc.grad_clip) as usize;
+            }
+            assert!(clipped > 0, "clipping never engaged");
+            let (wa, wb) = (
+                all_weight_bits(&a, dir.path()),
+                all_weight_bits(&b, dir.path()),
+            );
+            assert_eq!(wa.len(), TardBot::param_names(&resident_cfg).len());
+            for (name, bits) in &wa {
+                assert!(
+                    wb[name] == *bits,
+                    "checkpointing {checkpointing}: {name} differs"
+                );
+            }
+            assert_eq!(
+                store.peak_resident(),
+                1,
+                "more than one expert was resident"
+            );
+            assert_eq!(store.resident(), 0);
+            assert!(store.regions_with_grads().is_empty());
+        }
+    }
+
+    /// Save, resume and continue with the experts in the store: bit-identical to the uninterrupted
+    /// run; unchanged regions are linked, not copied; a damaged region copy is refused by name.
+    #[test]
+    fn swapped_experts_checkpoint_and_resume_exactly() {
+        let cfg = ModelConfig {
+            max_experts_in_memory: 1,
+            ..ModelConfig::from_preset("micro").unwrap()
+        };
+        let vocab = cfg.vocab_size as u32;
+        let (live, other, ckpts) = (
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        );
+        let batches: Vec<TokenBatch> = (0..5).map(|i| batch(&rows(2, 9, vocab, i))).collect();
+        let mut a = Trainer::new(&cfg, &train_cfg(), 7, Some(live.path())).unwrap();
+        for b in &batches[..2] {
+            a.train_step(std::slice::from_ref(b)).unwrap();
+        }
+        let save = |t: &Trainer| {
+            checkpoint::write_atomic(ckpts.path(), t.step, |tmp| {
+                t.save(tmp, serde_json::json!({}))
+            })
+            .unwrap()
+        };
+        let first = save(&a);
+        let regions = cfg.n_moe_layers() * cfg.n_experts;
+        assert_eq!(
+            std::fs::read_dir(first.path.join("experts"))
+                .unwrap()
+                .count(),
+            regions + 1
+        );
+        // Nothing changed since: the next checkpoint links every region.
+        a.step += 1;
+        let second = save(&a);
+        a.step -= 1;
+        use std::os::unix::fs::MetadataExt;
+        let linked = std::fs::read_dir(second.path.join("experts"))
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                let twin = first.path.join("experts").join(e.file_name());
+                e.file_name().to_string_lossy().ends_with(".region")
+                    && std::fs::metadata(twin).is_ok_and(|m| m.ino() == e.metadata().unwrap().ino())
+            })
+            .count();
+        assert_eq!(
+            linked, regions,
+            "unchanged regions are hard links, not copies"
+        );
+
+        let mut b = Trainer::new(&cfg, &train_cfg(), 99, Some(other.path())).unwrap();
+        b.load(&first.path).unwrap();
+        assert_eq!(b.step, 2);
+        for batch in &batches[2..] {
+            let ra = a.train_step(std::slice::from_ref(batch)).unwrap();
+            let rb = b.train_step(std::slice::from_ref(batch)).unwrap();
+            assert_eq!(ra.loss.to_bits(), rb.loss.to_bits());
+        }
+        assert_eq!(
+            all_weight_bits(&a, live.path()),
+            all_weight_bits(&b, other.path())
+        );
+        a.model.expert_store().unwrap().commit_all().unwrap();
+        b.model.expert_store().unwrap().commit_all().unwrap();
+        assert_eq!(
+            a.model.expert_store().unwrap().generations().unwrap(),
+            b.model.expert_store().unwrap().generations().unwrap()
+        );
+
+        // A flipped byte in a checkpoint's region copy: refused, naming the file.
+        let victim = std::fs::read_dir(first.path.join("experts"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "region"))
+            .unwrap();
+        let mut bytes = std::fs::read(&victim).unwrap();
+        bytes[100] ^= 1;
+        // Break the hard link first so only this checkpoint's copy is damaged.
+        std::fs::remove_file(&victim).unwrap();
+        std::fs::write(&victim, bytes).unwrap();
+        let mut c = Trainer::new(&cfg, &train_cfg(), 5, Some(other.path())).unwrap();
+        let err = c.load(&first.path).unwrap_err().to_string();
+        let name = victim.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(err.contains(&name) && err.contains("damaged"), "{err}");
+        c.load(&second.path).unwrap();
     }
 }

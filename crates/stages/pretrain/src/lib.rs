@@ -62,7 +62,8 @@ impl Stage for PretrainStage {
         // Model: the preset, with the vocabulary of the trained tokenizer.
         let mut model_cfg = ctx.config.model_config().map_err(StageError::failed)?;
         model_cfg.vocab_size = shards.model_vocab;
-        let mut trainer = Trainer::new(&model_cfg, cfg, seed).map_err(StageError::failed)?;
+        let mut trainer =
+            Trainer::new(&model_cfg, cfg, seed, Some(&ctx.work_dir)).map_err(StageError::failed)?;
 
         // Resume: weights, moments, step and the loader's cursor.
         let mut loader = match restore(ctx, &mut trainer, shards.open_train()?)? {

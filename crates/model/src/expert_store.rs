@@ -43,7 +43,7 @@ use candle_core::{DType, Device, Tensor};
 use memmap2::MmapRaw;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use tardbot_model::ModelConfig;
+use tardbot_core::ModelConfig;
 
 /// File magic.
 pub const MAGIC: &[u8; 8] = b"TBXSTORE";
@@ -197,7 +197,7 @@ pub struct StoreLayout {
 
 impl StoreLayout {
     /// The layout of `cfg`'s experts: SwiGLU `gate.weight` (i, h), `up.weight` (i, h), `down.weight`
-    /// (h, i), as in [`tardbot_model::TardBot::param_names`].
+    /// (h, i), as in [`crate::TardBot::param_names`].
     pub fn from_config(cfg: &ModelConfig) -> Self {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         StoreLayout {
@@ -359,6 +359,9 @@ impl Entry {
 struct State {
     checked_out: Vec<bool>,
     modified: Vec<bool>,
+    /// Gradients were accumulated since the last [`ExpertRegion::zero_grads`] (in memory only: the
+    /// trainer zeroes every such region in the step that accumulated them).
+    has_grads: Vec<bool>,
     resident: usize,
     peak_resident: usize,
     max_resident: usize,
@@ -558,6 +561,23 @@ impl ExpertStore {
     /// Writes every expert's weights (f32, the model's names) to `path` through a temp file renamed into
     /// place. Regions read here are released afterwards (checked-out ones are skipped by the release).
     pub fn export_safetensors(&self, path: &Path) -> Result<()> {
+        let tmp = path.with_extension("safetensors.tmp");
+        safetensors::serialize_to_file(self.weight_views()?, None, &tmp).map_err(|e| {
+            StoreError::Layout {
+                path: path.to_path_buf(),
+                what: format!("writing safetensors: {e}"),
+            }
+        })?;
+        File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(io_err(&tmp, "fsync"))?;
+        std::fs::rename(&tmp, path).map_err(io_err(path, "rename the finished temp file"))?;
+        self.release_all()
+    }
+
+    /// Every expert's weights as safetensors views of the map, under the model's names. Reading them
+    /// maps the pages in: call [`ExpertStore::release_all`] when done.
+    pub fn weight_views(&self) -> Result<Vec<(String, safetensors::tensor::TensorView<'_>)>> {
         let l = &self.header.layout;
         let mut views = Vec::with_capacity(l.n_regions() * l.tensors.len());
         for (idx, &layer) in l.moe_layers.iter().enumerate() {
@@ -571,23 +591,14 @@ impl ExpertStore {
                         f32_bytes(data),
                     )
                     .map_err(|e| StoreError::Layout {
-                        path: path.to_path_buf(),
+                        path: self.path.clone(),
                         what: e.to_string(),
                     })?;
                     views.push((StoreLayout::param_name(layer, expert, &spec.name), view));
                 }
             }
         }
-        let tmp = path.with_extension("safetensors.tmp");
-        safetensors::serialize_to_file(views, None, &tmp).map_err(|e| StoreError::Layout {
-            path: path.to_path_buf(),
-            what: format!("writing safetensors: {e}"),
-        })?;
-        File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(io_err(&tmp, "fsync"))?;
-        std::fs::rename(&tmp, path).map_err(io_err(path, "rename the finished temp file"))?;
-        self.release_all()
+        Ok(views)
     }
 
     /// Opens `path`, verifying the header, the table and every region's checksum (in parallel; each
@@ -681,6 +692,7 @@ impl ExpertStore {
             state: Mutex::new(State {
                 checked_out: vec![false; n],
                 modified: vec![false; n],
+                has_grads: vec![false; n],
                 resident: 0,
                 peak_resident: 0,
                 max_resident: n,
@@ -833,6 +845,41 @@ impl ExpertStore {
             layer,
             expert,
         })
+    }
+
+    /// The checksum recorded for (layer, expert) at its last commit.
+    pub fn checksum(&self, layer: usize, expert: usize) -> Result<[u8; 32]> {
+        let r = self.index(layer, expert)?;
+        let _st = self.lock();
+        Ok(self.entry(r)?.checksum)
+    }
+
+    /// Regions whose gradient accumulators received gradients since they were last zeroed, in region
+    /// order (MoE layer, then expert).
+    pub fn regions_with_grads(&self) -> Vec<(usize, usize)> {
+        let st = self.lock();
+        (0..self.n_regions())
+            .filter(|&r| st.has_grads[r])
+            .map(|r| self.coords(r))
+            .collect()
+    }
+
+    /// Asks the kernel to read (layer, expert) into the page cache in the background
+    /// (`madvise(MADV_WILLNEED)`), so that its next check-out does not wait on the disk. It does not
+    /// map the pages into this process (no RSS) and does not count as resident.
+    pub fn prefetch(&self, layer: usize, expert: usize) -> Result<()> {
+        let r = self.index(layer, expert)?;
+        #[cfg(unix)]
+        self.map
+            .advise_range(
+                memmap2::Advice::WillNeed,
+                self.region_offset(r),
+                self.header.region_stride,
+            )
+            .map_err(io_err(&self.path, "madvise(MADV_WILLNEED)"))?;
+        #[cfg(not(unix))]
+        let _ = r;
+        Ok(())
     }
 
     /// Commits every modified region that is not checked out (hash, generation + 1, msync). Returns
@@ -1116,6 +1163,89 @@ impl ExpertRegion<'_> {
         for t in 0..self.store.header.layout.tensors.len() {
             self.get_mut(Part::Grads, t)?.fill(0.0);
         }
+        self.store.lock().has_grads[self.r] = false;
+        Ok(())
+    }
+
+    /// Adds `grad` to the gradient accumulator of tensor `t` and notes that the region holds
+    /// gradients ([`ExpertStore::regions_with_grads`]).
+    pub fn add_grads(&mut self, t: usize, grad: &[f32]) -> Result<()> {
+        let (layer, expert, path) = (self.layer, self.expert, self.store.path.clone());
+        let acc = self.get_mut(Part::Grads, t)?;
+        if acc.len() != grad.len() {
+            return Err(StoreError::Layout {
+                path,
+                what: format!(
+                    "layer {layer} expert {expert}: {} gradient values for tensor {t} of {} elements",
+                    grad.len(),
+                    acc.len()
+                ),
+            });
+        }
+        for (a, g) in acc.iter_mut().zip(grad) {
+            *a += g;
+        }
+        self.store.lock().has_grads[self.r] = true;
+        Ok(())
+    }
+
+    /// The region's bytes (weights, grads, m, v), as its checksum covers them.
+    pub fn bytes(&self) -> &[u8] {
+        self.store.region_bytes(self.r)
+    }
+
+    /// Replaces the region's bytes with `bytes` (a copy made by [`ExpertRegion::bytes`]) that must
+    /// hash to `checksum`, and records `generation` for it, committed: how a checkpoint's copy of the
+    /// region is restored. `what` names the copy in errors.
+    pub fn restore(
+        self,
+        bytes: &[u8],
+        generation: u64,
+        checksum: [u8; 32],
+        what: &str,
+    ) -> Result<()> {
+        let store = self.store;
+        let (layer, expert) = (self.layer, self.expert);
+        let computed = blake3::hash(bytes);
+        if bytes.len() != store.header.region_bytes || computed.as_bytes() != &checksum {
+            return Err(StoreError::Layout {
+                path: store.path.clone(),
+                what: format!(
+                    "layer {layer} expert {expert}: the copy in {what} is damaged ({} bytes, expected {}; checksum {} vs recorded {})",
+                    bytes.len(),
+                    store.header.region_bytes,
+                    &computed.to_hex()[..16],
+                    &blake3::Hash::from_bytes(checksum).to_hex()[..16]
+                ),
+            });
+        }
+        store.mark_modified(self.r)?;
+        let off = store.region_offset(self.r);
+        // SAFETY: the guard owns the region exclusively; `bytes` is region_bytes long (checked).
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                store.map.as_mut_ptr().add(off),
+                bytes.len(),
+            )
+        };
+        store
+            .map
+            .flush_range(off, store.header.region_bytes)
+            .map_err(io_err(&store.path, "msync region"))?;
+        let mut st = store.lock();
+        let mut e = store.entry(self.r)?;
+        e.generation = generation;
+        e.flags &= !FLAG_MODIFIED;
+        e.checksum = checksum;
+        store.write_entry(self.r, &e);
+        st.modified[self.r] = false;
+        st.has_grads[self.r] = false;
+        let toff = store.header.table_offset + self.r * ENTRY;
+        store
+            .map
+            .flush_range(toff, ENTRY)
+            .map_err(io_err(&store.path, "msync table"))?;
         Ok(())
     }
 
@@ -1146,7 +1276,7 @@ impl Drop for ExpertRegion<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tardbot_model::{TardBot, init_weights, save_safetensors};
+    use crate::{TardBot, init_weights, save_safetensors};
 
     fn small_layout() -> StoreLayout {
         StoreLayout {
@@ -1330,11 +1460,10 @@ mod tests {
         init_weights(&vm, &cfg, 7).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let model_path = dir.path().join("model.safetensors");
-        save_safetensors(&vm, &model_path).unwrap();
+        save_safetensors(&vm, None, &model_path).unwrap();
         let store_path = dir.path().join("experts.store");
         let s = ExpertStore::from_safetensors(&model_path, &store_path, &cfg).unwrap();
-        let vars: HashMap<String, candle_core::Var> =
-            tardbot_model::named_vars(&vm).into_iter().collect();
+        let vars: HashMap<String, candle_core::Var> = crate::named_vars(&vm).into_iter().collect();
         let l = s.layout().clone();
         assert!(!l.moe_layers.is_empty() && l.n_experts > 1);
         for &layer in &l.moe_layers {

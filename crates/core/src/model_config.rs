@@ -44,8 +44,9 @@
 //! gradients add about half of it again (counted in `activations`); a fixed 64 MiB covers the allocator
 //! and thread pools.
 //! "Checkpointed" keeps each block's input plus the activations of one block at a time (segmented backward).
-//! With `max_experts_in_memory = m < n_experts`, the weights, gradients and moments of only `m` experts
-//! are resident; the others live in a memory-mapped expert store.
+//! With `max_experts_in_memory = m < n_experts`, the weights, gradients and moments of at most `m`
+//! experts (across all MoE layers) are in memory at once, plus working copies of the weights and
+//! weight gradients of the expert being computed; the others live in a memory-mapped expert store.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -432,14 +433,35 @@ impl ModelConfig {
         (dense, moe, outside)
     }
 
-    /// Memory at `batch` × `seq` with `resident_experts` experts per MoE layer resident
-    /// (`n_experts` for no swapping).
+    /// Bytes of MoE expert state (weights, gradients, AdamW moments) in memory when at most
+    /// `resident_experts` experts are: all of it at `n_experts`; below, that many expert-store regions
+    /// (weights, gradients, moments) plus the working copies of the expert being computed (its weights
+    /// and weight gradients as tensors).
+    pub fn expert_state_bytes(&self, resident_experts: usize) -> u64 {
+        let p = self.param_counts();
+        if resident_experts >= self.n_experts {
+            4 * F32 * p.experts as u64
+        } else {
+            (4 + 2) * F32 * (resident_experts * p.per_expert) as u64
+        }
+    }
+
+    /// Memory at `batch` × `seq` with at most `resident_experts` experts in memory at once, across
+    /// all MoE layers (`n_experts` for no swapping: every expert resident).
     pub fn memory(&self, batch: usize, seq: usize, resident_experts: usize) -> MemoryEstimate {
         let p = self.param_counts();
-        let swapped = self
-            .n_experts
-            .saturating_sub(resident_experts.min(self.n_experts));
-        let resident = (p.total - self.n_moe_layers() * swapped * p.per_expert) as u64;
+        let swapping = resident_experts < self.n_experts;
+        let resident = if swapping {
+            (p.total - p.experts) as u64
+        } else {
+            p.total as u64
+        };
+        // Swapped experts: regions (w, g, m, v) plus a copy of the weights and the weight gradients.
+        let per_expert = if swapping {
+            (resident_experts * p.per_expert) as u64
+        } else {
+            0
+        };
         let tokens = (batch * seq) as u64;
         let (dense, moe, outside) = self.activation_elems_per_token(seq);
         let n_moe = self.n_moe_layers() as u64;
@@ -451,9 +473,9 @@ impl ModelConfig {
         // The backward's transient gradients were measured at half the graph-held activations.
         let peak = |kept: u64| kept + kept / 2;
         MemoryEstimate {
-            weights: resident * F32,
-            grads: resident * F32,
-            adamw: 2 * resident * F32,
+            weights: (resident + 2 * per_expert) * F32,
+            grads: (resident + 2 * per_expert) * F32,
+            adamw: 2 * (resident + per_expert) * F32,
             activations: peak(full),
             activations_checkpointed: peak(ckpt),
             runtime_overhead: RUNTIME_OVERHEAD_BYTES,
@@ -551,7 +573,7 @@ impl ModelConfig {
                 if c.n_moe_layers() > 0 {
                     writeln!(
                         f,
-                        "with max_experts_in_memory = m (others in the memory-mapped expert store):"
+                        "with max_experts_in_memory = m (at most m experts in memory at once, the others in the memory-mapped expert store):"
                     )?;
                     writeln!(
                         f,
@@ -680,10 +702,16 @@ mod tests {
         let one = c.memory(1, 1024, 1);
         assert!(one.weights < all.weights);
         let p = c.param_counts();
+        // All experts' weights vs one region's plus its working copy.
         assert_eq!(
             all.weights - one.weights,
-            (c.n_moe_layers() * 3 * p.per_expert) as u64 * 4
+            ((c.n_moe_layers() * c.n_experts - 2) * p.per_expert) as u64 * 4
         );
+        assert_eq!(
+            c.expert_state_bytes(c.n_experts),
+            16 * (c.n_moe_layers() * c.n_experts * p.per_expert) as u64
+        );
+        assert_eq!(c.expert_state_bytes(1), 24 * p.per_expert as u64);
         assert!(all.activations_checkpointed < all.activations);
         assert!(
             c.describe(1, 1024)

@@ -247,3 +247,204 @@ pub async fn train(args: TrainBenchArgs) -> anyhow::Result<serde_json::Value> {
     }
     Ok(figures)
 }
+
+pub struct ExpertsBenchArgs {
+    pub preset: String,
+    pub batch: usize,
+    pub seq: usize,
+    pub steps: usize,
+    pub warmup: usize,
+    /// The swapped run's `max_experts_in_memory`.
+    pub max_experts_in_memory: usize,
+    pub checkpointing: bool,
+    pub threads: Option<usize>,
+    /// Run both configurations under this cgroup memory limit.
+    pub memory_cap_mib: Option<u64>,
+}
+
+/// A cgroup with a memory limit that child processes join (v1 `memory` controller or v2), removed
+/// when dropped.
+struct MemoryCap {
+    dir: std::path::PathBuf,
+    procs: std::path::PathBuf,
+}
+
+impl MemoryCap {
+    fn new(mib: u64) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let name = format!("tardbot-bench-{}", std::process::id());
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        // v1: the memory controller's hierarchy, below this process's own group.
+        let v1_root = std::path::Path::new("/sys/fs/cgroup/memory");
+        let v1_own = own
+            .lines()
+            .find_map(|l| l.split_once(":memory:").map(|(_, p)| p.to_string()));
+        let (dir, limit_file) = if v1_root.join("memory.limit_in_bytes").exists() {
+            let base = v1_root.join(v1_own.unwrap_or_default().trim_start_matches('/'));
+            (base.join(name), "memory.limit_in_bytes")
+        } else {
+            let own2 = own
+                .lines()
+                .find_map(|l| l.strip_prefix("0::"))
+                .unwrap_or("/");
+            let base = std::path::Path::new("/sys/fs/cgroup").join(own2.trim_start_matches('/'));
+            (base.join(name), "memory.max")
+        };
+        std::fs::create_dir(&dir).with_context(|| {
+            format!(
+                "creating cgroup {} for the memory cap (needs root and a writable cgroup hierarchy)",
+                dir.display()
+            )
+        })?;
+        let cap = MemoryCap {
+            procs: dir.join("cgroup.procs"),
+            dir,
+        };
+        std::fs::write(cap.dir.join(limit_file), (mib << 20).to_string())
+            .with_context(|| format!("setting {limit_file} in {}", cap.dir.display()))?;
+        Ok(cap)
+    }
+}
+
+impl Drop for MemoryCap {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// Expert swapping against all-resident experts, each in a fresh process (`bench train` with
+/// `--max-experts-in-memory`), on learnable sequences.
+pub fn experts(args: ExpertsBenchArgs) -> anyhow::Result<serde_json::Value> {
+    use anyhow::Context;
+    use std::os::unix::process::ExitStatusExt;
+    let cfg = tardbot_core::ModelConfig::from_preset(&args.preset)
+        .with_context(|| format!("unknown preset `{}`", args.preset))?;
+    anyhow::ensure!(
+        cfg.n_moe_layers() > 0 && (1..cfg.n_experts).contains(&args.max_experts_in_memory),
+        "preset `{}` has {} experts per MoE layer: --max-experts-in-memory must be in 1..{}",
+        args.preset,
+        cfg.n_experts,
+        cfg.n_experts
+    );
+    let cap = args.memory_cap_mib.map(MemoryCap::new).transpose()?;
+    let exe = std::env::current_exe().context("locating the running binary")?;
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let mut runs = Vec::new();
+    for m in [cfg.n_experts, args.max_experts_in_memory] {
+        // A shell joins the cgroup (if any), then becomes the benchmark.
+        let mut cmd = std::process::Command::new("sh");
+        cmd.arg("-c")
+            .arg(r#"if [ -n "$1" ]; then echo $$ > "$1" || exit 97; fi; shift; exec "$@""#)
+            .arg("sh")
+            .arg(cap.as_ref().map(|c| c.procs.clone()).unwrap_or_default())
+            .arg(&exe)
+            .args(["bench", "train", "--preset", &args.preset])
+            .args(["--batch", &args.batch.to_string()])
+            .args(["--seq", &args.seq.to_string()])
+            .args(["--steps", &args.steps.to_string()])
+            .args(["--warmup", &args.warmup.to_string()])
+            .args(["--threads", &threads.to_string()])
+            .args(["--max-experts-in-memory", &m.to_string()])
+            .arg("--learnable")
+            // Freed memory goes back at once: the peak RSS is the step's own.
+            .env("MIMALLOC_PURGE_DELAY", "0");
+        if args.checkpointing {
+            cmd.arg("--checkpointing");
+        }
+        let started = Instant::now();
+        let out = cmd.output().context("running a benchmark process")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let figures = last_json(&text);
+        let killed = out.status.signal();
+        let outcome = match (&figures, killed) {
+            (Some(_), _) if out.status.success() => "trained".to_string(),
+            (_, Some(9)) => "killed by the memory cap (SIGKILL from the OOM killer)".to_string(),
+            _ => format!(
+                "failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+            ),
+        };
+        runs.push(serde_json::json!({
+            "max_experts_in_memory": m,
+            "outcome": outcome,
+            "wall_s": started.elapsed().as_secs_f64(),
+            "figures": figures,
+        }));
+    }
+
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    let expert_state_all = mib(cfg.expert_state_bytes(cfg.n_experts));
+    let m = args.max_experts_in_memory;
+    let predicted_saving = expert_state_all - mib(cfg.expert_state_bytes(m));
+    let get = |i: usize, k: &str| runs[i]["figures"][k].as_f64().unwrap_or(f64::NAN);
+    println!(
+        "expert swapping: preset {}, batch {} × seq {}, {} timed steps after {} warm-up, {} threads{}{}",
+        args.preset,
+        args.batch,
+        args.seq,
+        args.steps,
+        args.warmup,
+        threads,
+        if args.checkpointing {
+            ", activation checkpointing"
+        } else {
+            ""
+        },
+        args.memory_cap_mib
+            .map(|c| format!(", memory cap {c} MiB"))
+            .unwrap_or_default()
+    );
+    println!(
+        "  {:<28} {:>9} {:>10} {:>14} {:>16} {:>19}  outcome",
+        "", "step s", "tokens/s", "peak RSS MiB", "describe() MiB", "loss first → last"
+    );
+    for (i, label) in [
+        "all experts resident".to_string(),
+        format!("max_experts_in_memory = {m}"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        println!(
+            "  {:<28} {:>9.2} {:>10.1} {:>14.1} {:>16.1} {:>8.3} → {:>8.3}  {}",
+            label,
+            get(i, "step_s"),
+            get(i, "tokens_per_s"),
+            get(i, "peak_rss_mib"),
+            get(i, "predicted_total_mib"),
+            get(i, "first_loss"),
+            get(i, "loss"),
+            runs[i]["outcome"].as_str().unwrap_or("")
+        );
+    }
+    let ratio = get(1, "step_s") / get(0, "step_s");
+    let saving = get(0, "peak_rss_mib") - get(1, "peak_rss_mib");
+    println!(
+        "  step time, swapped / resident: {ratio:.3} (target ≤ 1.5); at most {} expert(s) were in memory at once",
+        runs[1]["figures"]["peak_resident_experts"]
+    );
+    println!(
+        "  expert state (weights + grads + AdamW moments): {expert_state_all:.1} MiB all resident; peak RSS saved {saving:.1} MiB = {:.1}% of it (target ≥ 60%); describe() predicts {predicted_saving:.1} MiB saved",
+        100.0 * saving / expert_state_all
+    );
+    Ok(serde_json::json!({
+        "bench": "experts",
+        "preset": args.preset,
+        "batch": args.batch,
+        "seq": args.seq,
+        "threads": threads,
+        "memory_cap_mib": args.memory_cap_mib,
+        "runs": runs,
+        "step_time_ratio": ratio,
+        "expert_state_mib": expert_state_all,
+        "peak_rss_saved_mib": saving,
+        "saved_fraction_of_expert_state": saving / expert_state_all,
+        "predicted_saved_mib": predicted_saving,
+    }))
+}

@@ -211,6 +211,40 @@ pub enum BenchWhat {
         /// Also measure peak RSS of one step with and without activation checkpointing.
         #[arg(long)]
         memory: bool,
+        /// Override the preset's `max_experts_in_memory` (below its expert count: experts swapped
+        /// through the memory-mapped expert store).
+        #[arg(long)]
+        max_experts_in_memory: Option<usize>,
+        /// Train on learnable sequences instead of random tokens (the loss falls).
+        #[arg(long)]
+        learnable: bool,
+    },
+    /// Expert swapping: training steps with every expert resident and with `max_experts_in_memory`
+    /// (default 1) experts in memory, each in a fresh process: step-time ratio, peak RSS against the
+    /// expert state and the `describe` prediction; with `--memory-cap-mib`, both run under a cgroup
+    /// memory limit (root, cgroup v1 or v2).
+    Experts {
+        #[arg(long, default_value = "mac_nano")]
+        preset: String,
+        #[arg(long, default_value_t = 4)]
+        batch: usize,
+        #[arg(long, default_value_t = 256)]
+        seq: usize,
+        #[arg(long, default_value_t = 2)]
+        steps: usize,
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+        #[arg(long, default_value_t = 1)]
+        max_experts_in_memory: usize,
+        /// Segmented backward in both runs.
+        #[arg(long)]
+        checkpointing: bool,
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Run both under this memory limit (MiB): shows that swapping trains where all-resident
+        /// cannot.
+        #[arg(long)]
+        memory_cap_mib: Option<u64>,
     },
 }
 
@@ -513,6 +547,8 @@ async fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<u8> {
                     peer,
                     peer_script,
                     memory,
+                    max_experts_in_memory,
+                    learnable,
                 } => bench::train(bench::TrainBenchArgs {
                     opts: tardbot_train::BenchTrainOptions {
                         preset,
@@ -524,6 +560,8 @@ async fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<u8> {
                         threads,
                         peak_gflops,
                         seed: 0,
+                        max_experts_in_memory,
+                        learnable,
                     },
                     peer_python: peer,
                     peer_script,
@@ -531,6 +569,28 @@ async fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<u8> {
                 })
                 .await
                 .context("training benchmark")?,
+                BenchWhat::Experts {
+                    preset,
+                    batch,
+                    seq,
+                    steps,
+                    warmup,
+                    max_experts_in_memory,
+                    checkpointing,
+                    threads,
+                    memory_cap_mib,
+                } => bench::experts(bench::ExpertsBenchArgs {
+                    preset,
+                    batch,
+                    seq,
+                    steps,
+                    warmup,
+                    max_experts_in_memory,
+                    checkpointing,
+                    threads,
+                    memory_cap_mib,
+                })
+                .context("expert-swapping benchmark")?,
             };
             bench::emit(&figures);
             Ok(0)

@@ -32,6 +32,10 @@ pub struct BenchTrainOptions {
     /// fp32 peak the MFU is computed against, GFLOP/s.
     pub peak_gflops: f64,
     pub seed: u64,
+    /// Override the preset's `max_experts_in_memory` (below `n_experts`: experts in the store).
+    pub max_experts_in_memory: Option<usize>,
+    /// Train on a learnable batch (arithmetic sequences) instead of random tokens, so the loss falls.
+    pub learnable: bool,
 }
 
 impl Default for BenchTrainOptions {
@@ -46,15 +50,35 @@ impl Default for BenchTrainOptions {
             threads: None,
             peak_gflops: DEFAULT_PEAK_GFLOPS,
             seed: 0,
+            max_experts_in_memory: None,
+            learnable: false,
         }
     }
 }
 
-fn random_batch(cfg: &ModelConfig, batch: usize, seq: usize, seed: u64) -> Result<TokenBatch> {
+/// Random tokens, or with `learnable` arithmetic sequences (random start, stride 1..=8 per row): the
+/// next token follows from the previous two, so the loss can fall.
+fn random_batch(
+    cfg: &ModelConfig,
+    batch: usize,
+    seq: usize,
+    seed: u64,
+    learnable: bool,
+) -> Result<TokenBatch> {
     let mut r = tardbot_model::rng::Rng::new(seed);
-    let ids: Vec<u32> = (0..batch * (seq + 1))
-        .map(|_| (r.next_u64() % cfg.vocab_size as u64) as u32)
-        .collect();
+    let v = cfg.vocab_size as u64;
+    let ids: Vec<u32> = if learnable {
+        (0..batch)
+            .flat_map(|_| {
+                let (start, stride) = (r.next_u64() % v, 1 + r.next_u64() % 8);
+                (0..=seq as u64).map(move |i| ((start + i * stride) % v) as u32)
+            })
+            .collect()
+    } else {
+        (0..batch * (seq + 1))
+            .map(|_| (r.next_u64() % v) as u32)
+            .collect()
+    };
     let all = Tensor::from_vec(ids, (batch, seq + 1), &Device::Cpu)?;
     Ok(TokenBatch {
         inputs: all.narrow(1, 0, seq)?.contiguous()?,
@@ -80,12 +104,16 @@ pub fn bench_train(opts: &BenchTrainOptions) -> Result<serde_json::Value> {
 }
 
 fn run(opts: &BenchTrainOptions) -> Result<serde_json::Value> {
-    let cfg = ModelConfig::from_preset(&opts.preset).ok_or_else(|| {
+    let mut cfg = ModelConfig::from_preset(&opts.preset).ok_or_else(|| {
         TrainError::Model(tardbot_model::ModelError::Config(format!(
             "unknown preset `{}`",
             opts.preset
         )))
     })?;
+    if let Some(m) = opts.max_experts_in_memory {
+        cfg.max_experts_in_memory = m;
+        cfg.validate().map_err(tardbot_model::ModelError::Config)?;
+    }
     if opts.batch == 0 || opts.seq == 0 || opts.steps == 0 {
         return Err(TrainError::Model(tardbot_model::ModelError::Input(
             "batch, seq and steps must be at least 1".into(),
@@ -104,9 +132,11 @@ fn run(opts: &BenchTrainOptions) -> Result<serde_json::Value> {
     let store_dir = BenchDir::new("train")?;
     let mut trainer = Trainer::new(&cfg, &train, opts.seed, Some(&store_dir.0))?;
     let rss_model = peak_rss_mib();
-    let batch = random_batch(&cfg, opts.batch, opts.seq, opts.seed + 1)?;
+    let batch = random_batch(&cfg, opts.batch, opts.seq, opts.seed + 1, opts.learnable)?;
+    let mut first_loss = None;
     for _ in 0..opts.warmup {
-        trainer.train_step(std::slice::from_ref(&batch))?;
+        let r = trainer.train_step(std::slice::from_ref(&batch))?;
+        first_loss.get_or_insert(r.loss);
     }
     // Steady state: the optimizer moments are touched by the first update, so measure the peak of
     // the timed steps only (an allocator that returns freed memory shows the steps' own peak).
@@ -120,6 +150,7 @@ fn run(opts: &BenchTrainOptions) -> Result<serde_json::Value> {
     for _ in 0..opts.steps {
         let t = Instant::now();
         let r = trainer.train_step(std::slice::from_ref(&batch))?;
+        first_loss.get_or_insert(r.loss);
         step_s.push(t.elapsed().as_secs_f64());
         sum.forward_s += r.timings.forward_s;
         sum.backward_s += r.timings.backward_s;
@@ -228,7 +259,22 @@ fn run(opts: &BenchTrainOptions) -> Result<serde_json::Value> {
         rss_model.unwrap_or(f64::NAN),
         rss_before_model.unwrap_or(f64::NAN)
     );
-    println!("  loss (last step)     {:>9.4}", last.loss);
+    let first_loss = first_loss.unwrap_or(last.loss);
+    println!(
+        "  loss                 {:>9.4}   (first step {:.4})",
+        last.loss, first_loss
+    );
+    let m = cfg.max_experts_in_memory.min(cfg.n_experts);
+    let peak_resident = trainer.model.expert_store().map(|s| s.peak_resident());
+    if let Some(peak) = peak_resident {
+        println!(
+            "  expert store         at most {} of {} experts in memory (limit {m}); store file {:.1} MiB",
+            peak,
+            cfg.n_moe_layers() * cfg.n_experts,
+            (cfg.param_counts().experts * 16) as f64 / (1 << 20) as f64
+        );
+    }
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
     Ok(json!({
         "bench": "train",
         "preset": opts.preset,
@@ -257,6 +303,12 @@ fn run(opts: &BenchTrainOptions) -> Result<serde_json::Value> {
         "rss_before_steps_mib": rss_before_steps,
         "peak_rss_of_steps_only": peak_reset,
         "loss": last.loss,
+        "first_loss": first_loss,
+        "max_experts_in_memory": m,
+        "n_experts": cfg.n_experts,
+        "peak_resident_experts": peak_resident,
+        "predicted_expert_state_mib": mib(cfg.expert_state_bytes(m)),
+        "predicted_total_mib": mib(cfg.memory(opts.batch, opts.seq, m).total(opts.activation_checkpointing)),
     }))
 }
 

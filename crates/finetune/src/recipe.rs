@@ -130,11 +130,11 @@ pub fn run(ctx: &StageContext, spec: Finetune) -> Result<StageOutput, StageError
     }
     let steps = cfg.steps;
     train_loop(ctx, cfg, &mut trainer, &mut loader, &mut |t| {
-        record_val_loss(ctx, t, &val_batches, None)?;
+        let loss = record_val_loss(ctx, t, &val_batches, None)?;
         if t.step == steps {
             task_eval(t)?;
         }
-        Ok(())
+        Ok(loss)
     })?;
 
     // 5. Publish.

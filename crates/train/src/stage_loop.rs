@@ -3,7 +3,8 @@
 //! A stage builds its [`Trainer`] and [`Loader`] and hands them to [`train_loop`] with its own
 //! evaluation; the loop owns the rest: metrics to the ledger every step, an evaluation every
 //! `eval_every` steps and at the end, atomic checkpoints (weights, optimizer, step, loader cursor)
-//! every `checkpoint_every` steps and on Ctrl-C, and the NaN/Inf policy.
+//! every `checkpoint_every` steps and on Ctrl-C, retention (the newest `keep_checkpoints` plus the
+//! best: the checkpoint taken at the step with the lowest held-out loss), and the NaN/Inf policy.
 
 use crate::batch::batch_tensors;
 use crate::bench::DEFAULT_PEAK_GFLOPS;
@@ -35,26 +36,40 @@ pub fn restore(
         .map_err(StageError::failed)?;
     let cursor: Cursor =
         serde_json::from_value(extra["cursor"].clone()).map_err(StageError::failed)?;
+    trainer.best = serde_json::from_value(extra["best"].clone()).unwrap_or(None);
     let loader = Loader::resume(shards, &cursor).map_err(StageError::failed)?;
     info!(step = trainer.step, "resumed from checkpoint");
     Ok(Some(loader))
 }
 
-/// Trains until `cfg.steps`. `evaluate(trainer)` runs every `cfg.eval_every` steps and after the last.
+/// Trains until `cfg.steps`. `evaluate(trainer)` runs every `cfg.eval_every` steps and after the last
+/// and returns the held-out loss (lower is better), which picks the best checkpoint to keep.
 pub fn train_loop(
     ctx: &StageContext,
     cfg: &TrainConfig,
     trainer: &mut Trainer,
     loader: &mut Loader,
-    evaluate: &mut dyn FnMut(&Trainer) -> Result<(), StageError>,
+    evaluate: &mut dyn FnMut(&Trainer) -> Result<f64, StageError>,
 ) -> Result<(), StageError> {
-    let save = |trainer: &Trainer, loader: &Loader| -> Result<(), StageError> {
-        let extra = serde_json::json!({ "cursor": loader.cursor() });
+    let mut last_eval: Option<(u64, f64)> = None;
+    let save = |trainer: &mut Trainer,
+                loader: &Loader,
+                last_eval: Option<(u64, f64)>|
+     -> Result<(), StageError> {
+        // Evaluated at this very step and better than the best so far: this checkpoint is the best.
+        if let Some((step, loss)) = last_eval.filter(|e| e.0 == trainer.step)
+            && trainer.best.is_none_or(|(_, best)| loss < best)
+        {
+            trainer.best = Some((step, loss));
+        }
+        let extra = serde_json::json!({ "cursor": loader.cursor(), "best": trainer.best });
         let dir =
             checkpoint::write_atomic(&ctx.work_dir, trainer.step, |tmp| trainer.save(tmp, extra))
                 .map_err(StageError::failed)?;
         ctx.record_checkpoint(trainer.step, trainer.tokens, &dir.path)?;
-        checkpoint::prune(&ctx.work_dir, cfg.keep_checkpoints, &[]).map_err(StageError::failed)?;
+        let keep: Vec<u64> = trainer.best.iter().map(|b| b.0).collect();
+        checkpoint::prune(&ctx.work_dir, cfg.keep_checkpoints, &keep)
+            .map_err(StageError::failed)?;
         Ok(())
     };
 
@@ -64,7 +79,7 @@ pub fn train_loop(
     let mut bad_steps = 0;
     while trainer.step < cfg.steps {
         if ctx.cancelled() {
-            save(trainer, loader)?;
+            save(trainer, loader, last_eval)?;
             return Err(StageError::Interrupted(Some(trainer.step)));
         }
         let started = Instant::now();
@@ -101,10 +116,10 @@ pub fn train_loop(
         progress.set_message(format!("loss {:.3}", report.ce));
 
         if trainer.step.is_multiple_of(cfg.eval_every) || trainer.step == cfg.steps {
-            evaluate(trainer)?;
+            last_eval = Some((trainer.step, evaluate(trainer)?));
         }
         if trainer.step.is_multiple_of(cfg.checkpoint_every) && trainer.step < cfg.steps {
-            save(trainer, loader)?;
+            save(trainer, loader, last_eval)?;
         }
     }
     progress.finish_and_clear();

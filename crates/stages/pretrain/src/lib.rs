@@ -99,7 +99,7 @@ impl Stage for PretrainStage {
         }
         train_loop(ctx, cfg, &mut trainer, &mut loader, &mut |t| {
             last_loss = record_val_loss(ctx, t, &val, Some(stats.val_bytes_per_token))?;
-            Ok(())
+            Ok(last_loss)
         })?;
         info!(
             val_loss = format!("{last_loss:.4}"),

@@ -1092,4 +1092,62 @@ mod tests {
         assert!(err.contains(&name) && err.contains("damaged"), "{err}");
         c.load(&second.path).unwrap();
     }
+
+    /// A live store damaged by a crash or the disk (truncated, or a flipped byte) is reported clearly
+    /// by `ExpertStore::open`, and resuming never trusts it: the trainer rebuilds it from the
+    /// checkpoint and continues exactly as the undamaged run did.
+    #[test]
+    fn a_damaged_live_store_falls_back_to_the_checkpoint() {
+        let cfg = ModelConfig {
+            max_experts_in_memory: 1,
+            ..ModelConfig::from_preset("micro").unwrap()
+        };
+        let vocab = cfg.vocab_size as u32;
+        let (live, ckpts) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let batches: Vec<TokenBatch> = (0..4).map(|i| batch(&rows(2, 9, vocab, i))).collect();
+        let mut a = Trainer::new(&cfg, &train_cfg(), 2, Some(live.path())).unwrap();
+        a.train_step(&batches[..1]).unwrap();
+        let ck = checkpoint::write_atomic(ckpts.path(), a.step, |tmp| {
+            a.save(tmp, serde_json::json!({}))
+        })
+        .unwrap();
+        let expected: Vec<u64> = batches[1..]
+            .iter()
+            .map(|b| {
+                a.train_step(std::slice::from_ref(b))
+                    .unwrap()
+                    .loss
+                    .to_bits()
+            })
+            .collect();
+        drop(a);
+        let store = live.path().join("experts.store");
+        for damage in ["truncate", "flip"] {
+            let mut bytes = std::fs::read(&store).unwrap();
+            if damage == "truncate" {
+                bytes.truncate(bytes.len() / 2);
+            } else {
+                let n = bytes.len();
+                bytes[n - 5000] ^= 0x40;
+            }
+            std::fs::write(&store, bytes).unwrap();
+            let err = ExpertStore::open(&store).unwrap_err().to_string();
+            assert!(
+                err.contains("experts.store") && err.contains("layer") && err.contains("expert"),
+                "{damage}: {err}"
+            );
+            let mut b = Trainer::new(&cfg, &train_cfg(), 5, Some(live.path())).unwrap();
+            b.load(&ck.path).unwrap();
+            let got: Vec<u64> = batches[1..]
+                .iter()
+                .map(|x| {
+                    b.train_step(std::slice::from_ref(x))
+                        .unwrap()
+                        .loss
+                        .to_bits()
+                })
+                .collect();
+            assert_eq!(got, expected, "{damage}: resumed losses differ");
+        }
+    }
 }

@@ -1150,4 +1150,63 @@ mod tests {
             assert_eq!(got, expected, "{damage}: resumed losses differ");
         }
     }
+
+    /// Out of disk while the expert store is written into a checkpoint (a region file that is
+    /// `/dev/full`: every write fails with ENOSPC): the save fails with a clear error, and the previous
+    /// checkpoint still restores and continues exactly.
+    #[test]
+    fn out_of_disk_while_checkpointing_the_store_keeps_the_previous_checkpoint() {
+        let cfg = ModelConfig {
+            max_experts_in_memory: 1,
+            ..ModelConfig::from_preset("micro").unwrap()
+        };
+        if !Path::new("/dev/full").exists() {
+            eprintln!("skipped: no /dev/full on this system");
+            return;
+        }
+        let vocab = cfg.vocab_size as u32;
+        let (live, other, ckpts) = (
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        );
+        let batches: Vec<TokenBatch> = (0..3).map(|i| batch(&rows(2, 9, vocab, i))).collect();
+        let mut a = Trainer::new(&cfg, &train_cfg(), 8, Some(live.path())).unwrap();
+        a.train_step(&batches[..1]).unwrap();
+        let good = checkpoint::write_atomic(ckpts.path(), a.step, |tmp| {
+            a.save(tmp, serde_json::json!({}))
+        })
+        .unwrap();
+        a.train_step(&batches[1..2]).unwrap();
+        // The next checkpoint's first region file lands on a full disk.
+        let full = ckpts.path().join("ckpt-00000002.tmp");
+        std::fs::create_dir_all(full.join("experts")).unwrap();
+        let next_gen = a.model.expert_store().unwrap().generation(1, 0).unwrap() + 1;
+        std::os::unix::fs::symlink(
+            "/dev/full",
+            full.join(format!("experts/l001-e000-g{next_gen}.region")),
+        )
+        .unwrap();
+        let err = a
+            .save(&full, serde_json::json!({}))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("disk full") && err.contains("l001-e000"),
+            "{err}"
+        );
+
+        let expected = a.train_step(&batches[2..]).unwrap().loss.to_bits();
+        let mut b = Trainer::new(&cfg, &train_cfg(), 1, Some(other.path())).unwrap();
+        b.load(&good.path).unwrap();
+        b.train_step(&batches[1..2]).unwrap();
+        assert_eq!(
+            b.train_step(&batches[2..]).unwrap().loss.to_bits(),
+            expected
+        );
+        // The failed directory is never listed as a checkpoint and is cleaned up by retention.
+        assert_eq!(checkpoint::list(ckpts.path()).unwrap().len(), 1);
+        checkpoint::prune(ckpts.path(), 3, &[]).unwrap();
+        assert!(!full.exists());
+    }
 }

@@ -5,7 +5,7 @@
 //!   keeps its state private, so exact resume needs our own). Updates happen in place on CPU.
 //! - [`schedule`]: linear warmup, then cosine or WSD (warmup–stable–decay) learning rates.
 //! - [`checkpoint`]: checkpoint directories written atomically (temp dir, fsync, rename) with a
-//!   retention policy.
+//!   retention policy (the newest `keep_checkpoints` plus the best by held-out loss).
 //!
 //! - [`trainer`]: one optimizer step over micro-batches (gradient accumulation, NaN/Inf rejection,
 //!   clipping), evaluation loss, and exact save/restore of weights + optimizer + step + the stage's
@@ -14,13 +14,15 @@
 //!   With `activation_checkpointing` the backward is segmented: the forward keeps only each block's
 //!   input, the backward recomputes one block at a time (tested equal to the whole-graph gradients).
 //! - [`bench`]: `tardbot-pipeline bench train` — tokens/s, MFU, time per phase, peak RSS.
-//! - [`expert_store`]: a memory-mapped file holding every expert's weights, gradient accumulators
-//!   and AdamW moments, one checksummed, generation-counted 4 KiB-aligned region per (MoE layer,
-//!   expert), checked out at most `max_resident` at a time and released from RSS afterwards;
-//!   created from / exported to safetensors. (Not yet used by the trainer.)
+//! - [`expert_checkpoint`]: the expert store's part of a checkpoint (one file per region, unchanged
+//!   regions hard-linked to the previous checkpoint's copies) and its restore.
 //!
-//! What it does not do (yet): mixed precision and training through the expert store — those arrive
-//! with the training-engine and expert-store issues. Data loading belongs to the stages.
+//! With `max_experts_in_memory < n_experts` the trainer builds the model over an
+//! [`ExpertStore`](tardbot_model::ExpertStore) (`tardbot-model`): experts are computed one region at
+//! a time, and [`optim::AdamW`] updates their regions in place with the resident parameters' step and
+//! clip scale.
+//!
+//! What it does not do (yet): mixed precision (fp32 only on CPU). Data loading belongs to the stages.
 
 pub mod batch;
 pub mod bench;

@@ -156,15 +156,16 @@ fn rms_bwd<T: Float>(x: &[T], w: &[T], g: &[T], eps: f64) -> (Vec<T>, Vec<T>) {
             }
             dw
         })
-        .reduce(
-            || vec![T::zero(); d],
-            |mut a, b| {
-                for (x, y) in a.iter_mut().zip(b) {
-                    *x += y;
-                }
-                a
-            },
-        );
+        // Partial sums added in chunk order, not by rayon's `reduce` (whose tree follows work
+        // stealing): the weight gradient must be the same bits run to run for exact resume.
+        .collect::<Vec<Vec<T>>>()
+        .into_iter()
+        .fold(vec![T::zero(); d], |mut a, b| {
+            for (x, y) in a.iter_mut().zip(b) {
+                *x += y;
+            }
+            a
+        });
     (dx, dw)
 }
 

@@ -67,6 +67,37 @@ fn total_loss(
 /// Central finite differences in f64 on every parameter tensor of the micro model (dense + MoE layers,
 /// router and every expert, tied embedding, norms): a random direction per tensor plus its largest-gradient
 /// element and two random elements. Returns the worst relative error.
+/// Exact resume needs the same bits run to run at a fixed thread count, also where the fused kernels
+/// split work over many rayon tasks (here 16 chunks of rows for the RMSNorm weight gradient).
+#[test]
+fn fused_rmsnorm_backward_is_deterministic_over_many_tasks() {
+    let dev = Device::Cpu;
+    let x = Tensor::randn(0f32, 1.0, (4096, 64), &dev).unwrap();
+    let g = Tensor::randn(0f32, 1.0, (4096, 64), &dev).unwrap();
+    let w = candle_core::Var::from_tensor(&Tensor::randn(1f32, 0.1, 64, &dev).unwrap()).unwrap();
+    let run = || -> Vec<u32> {
+        let y = crate::fused::rms_norm(&x, w.as_tensor(), 1e-5).unwrap();
+        let grads = (y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        let dw = grads.get(w.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
+        dw.iter().map(|v| v.to_bits()).collect()
+    };
+    // An oversubscribed pool makes rayon's work stealing (and so its split points) vary run to run.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(8)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        let first = run();
+        for _ in 0..30 {
+            assert_eq!(
+                run(),
+                first,
+                "RMSNorm weight gradient changed between identical runs"
+            );
+        }
+    });
+}
+
 #[test]
 fn finite_difference_gradients_f64() {
     let mut cfg = micro();

@@ -139,7 +139,7 @@ pub fn run(ctx: &StageContext, spec: Finetune) -> Result<StageOutput, StageError
 
     // 5. Publish.
     trainer
-        .save_weights(&ctx.out_dir.join("model.safetensors"))
+        .finish(&ctx.out_dir.join("model.safetensors"))
         .map_err(StageError::failed)?;
     let cfg_json = serde_json::to_vec_pretty(&model_cfg).map_err(StageError::failed)?;
     std::fs::write(ctx.out_dir.join("model.json"), cfg_json)?;

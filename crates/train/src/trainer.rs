@@ -521,6 +521,22 @@ impl Trainer {
             path,
         )?)
     }
+
+    /// The end of a stage: writes the final model to `path` ([`Trainer::save_weights`]) and removes
+    /// the live expert store, if any (as large as all experts' state; the checkpoints keep their own
+    /// copies).
+    pub fn finish(self, path: &Path) -> Result<()> {
+        self.save_weights(path)?;
+        let store = self.model.expert_store().map(|s| s.path().to_path_buf());
+        drop(self);
+        if let Some(store) = store {
+            std::fs::remove_file(&store).map_err(|e| TrainError::State {
+                path: store.clone(),
+                what: format!("removing the live expert store: {e}"),
+            })?;
+        }
+        Ok(())
+    }
 }
 
 /// Logit elements (sequences × seq × vocab) per chunk of the LM head under activation

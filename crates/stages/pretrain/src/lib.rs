@@ -113,7 +113,7 @@ impl Stage for PretrainStage {
 
         // Publish the final weights and the exact model configuration they belong to.
         trainer
-            .save_weights(&ctx.out_dir.join("model.safetensors"))
+            .finish(&ctx.out_dir.join("model.safetensors"))
             .map_err(StageError::failed)?;
         let model_json = serde_json::to_vec_pretty(&model_cfg).map_err(StageError::failed)?;
         std::fs::write(ctx.out_dir.join("model.json"), model_json)?;

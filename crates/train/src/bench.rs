@@ -4,7 +4,9 @@
 //! `active_flops_per_token`) so that the two report comparable figures.
 
 use std::time::Instant;
-use tardbot_core::memory::{peak_rss_mib, reset_peak_rss, rss_mib};
+use tardbot_core::memory::{
+    live_bytes, peak_live_bytes, peak_rss_mib, reset_peak_live, reset_peak_rss, rss_mib,
+};
 
 use candle_core::{Device, Tensor};
 use serde_json::json;
@@ -141,7 +143,9 @@ fn run(opts: &BenchTrainOptions) -> Result<serde_json::Value> {
     // Steady state: the optimizer moments are touched by the first update, so measure the peak of
     // the timed steps only (an allocator that returns freed memory shows the steps' own peak).
     let peak_reset = opts.warmup > 0 && reset_peak_rss();
+    reset_peak_live();
     let rss_before_steps = rss_mib();
+    let live_before_steps = live_bytes();
     profile::enable(true);
     let mut sum = StepTimings::default();
     let mut step_s = Vec::with_capacity(opts.steps);
@@ -175,6 +179,9 @@ fn run(opts: &BenchTrainOptions) -> Result<serde_json::Value> {
     let pct = |x: f64| 100.0 * x / step;
     let threads = rayon::current_num_threads();
     let rss = peak_rss_mib();
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    let live_peak = peak_live_bytes().map(mib);
+    let live_before = live_before_steps.map(mib);
     let mut best = step_s.clone();
     best.sort_by(f64::total_cmp);
 
@@ -259,6 +266,12 @@ fn run(opts: &BenchTrainOptions) -> Result<serde_json::Value> {
         rss_model.unwrap_or(f64::NAN),
         rss_before_model.unwrap_or(f64::NAN)
     );
+    if let (Some(peak), Some(before)) = (live_peak, live_before) {
+        println!(
+            "  peak live heap       {:>9.1} MiB  (held by the program, counted by the allocator; {:.1} MiB before the timed steps)",
+            peak, before
+        );
+    }
     let first_loss = first_loss.unwrap_or(last.loss);
     println!(
         "  loss                 {:>9.4}   (first step {:.4})",
@@ -274,7 +287,6 @@ fn run(opts: &BenchTrainOptions) -> Result<serde_json::Value> {
             (cfg.param_counts().experts * 16) as f64 / (1 << 20) as f64
         );
     }
-    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
     Ok(json!({
         "bench": "train",
         "preset": opts.preset,
@@ -299,6 +311,8 @@ fn run(opts: &BenchTrainOptions) -> Result<serde_json::Value> {
         "backward_s": bwd,
         "optimizer_s": opt,
         "peak_rss_mib": rss,
+        "peak_live_heap_mib": live_peak,
+        "live_heap_before_steps_mib": live_before,
         "rss_model_mib": rss_model,
         "rss_before_steps_mib": rss_before_steps,
         "peak_rss_of_steps_only": peak_reset,

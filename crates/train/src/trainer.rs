@@ -244,7 +244,11 @@ impl Trainer {
         micro_batches: &[TokenBatch],
     ) -> Result<(Option<GradStore>, StepReport)> {
         let n = micro_batches.len().max(1) as f64;
-        let mut acc: Option<GradStore> = None;
+        let vars: Vec<Var> = named_vars(&self.varmap)
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect();
+        let mut acc = GradStore::default();
         let (mut loss, mut ce, mut aux, mut z) = (0.0, 0.0, 0.0, 0.0);
         let mut tokens = 0;
         let mut counts: Vec<Vec<u64>> = Vec::new();
@@ -269,15 +273,10 @@ impl Trainer {
                 }
             }
             let started = Instant::now();
-            acc = Some(match acc {
-                None => grads,
-                Some(mut sum) => {
-                    sum.extend(grads)?;
-                    sum
-                }
-            });
+            add_param_grads(&mut acc, grads, &vars)?;
             timings.backward_s += started.elapsed().as_secs_f64();
         }
+        let acc = (!micro_batches.is_empty()).then_some(acc);
         let report = StepReport {
             loss,
             ce,
@@ -332,6 +331,10 @@ impl Trainer {
     ) -> Result<(GradStore, MicroLosses)> {
         let m = &self.model;
         let cfg = m.config();
+        let vars: Vec<Var> = named_vars(&self.varmap)
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect();
         let started = Instant::now();
         let (b, t) = m.check_ids(&mb.inputs)?;
         let ctx = m.attn_ctx(b, t, mb.doc_ids.as_ref())?;
@@ -400,7 +403,7 @@ impl Trainer {
             g_parts.push(grads.remove(h.as_tensor()).ok_or_else(|| {
                 candle_core::Error::Msg("no gradient reached the head input".into())
             })?);
-            acc.extend(grads)?;
+            add_param_grads(&mut acc, grads, &vars)?;
         }
         drop(h_all);
         let mut g = if g_parts.len() == 1 {
@@ -426,11 +429,11 @@ impl Trainer {
             g = grads.remove(x.as_tensor()).ok_or_else(|| {
                 candle_core::Error::Msg("no gradient reached a block input".into())
             })?;
-            acc.extend(grads)?;
+            add_param_grads(&mut acc, grads, &vars)?;
         }
         // The embedding lookup.
         let e = m.embed(&mb.inputs)?;
-        acc.extend((e * &g)?.sum_all()?.backward()?)?;
+        add_param_grads(&mut acc, (e * &g)?.sum_all()?.backward()?, &vars)?;
         timings.backward_s += started.elapsed().as_secs_f64();
         let loss = ce + cfg.router_aux_loss_coef * aux + cfg.router_z_loss_coef * z;
         Ok((
@@ -537,6 +540,23 @@ impl Trainer {
         }
         Ok(())
     }
+}
+
+/// Adds the parameter gradients of `grads` to `into` (`into + new`, as `GradStore::extend` would) and
+/// drops the rest: candle's backward also leaves a gradient for every untracked input of an op
+/// (masks, index bases, the upstream gradient of a segment), which would otherwise pile up block
+/// after block — at mac_nano about as much again as the parameter gradients.
+fn add_param_grads(into: &mut GradStore, mut grads: GradStore, vars: &[Var]) -> Result<()> {
+    for v in vars {
+        if let Some(g) = grads.remove(v.as_tensor()) {
+            let sum = match into.remove(v.as_tensor()) {
+                Some(prev) => prev.add(&g)?.detach(),
+                None => g,
+            };
+            into.insert(v.as_tensor(), sum);
+        }
+    }
+    Ok(())
 }
 
 /// Logit elements (sequences × seq × vocab) per chunk of the LM head under activation

@@ -117,8 +117,9 @@ fn generate(base: &str, dir: &Path, copies: usize) -> Result<u64, IngestError> {
 }
 
 /// Generates the input, runs the full ingest (read, clean, filter, dedup, write Parquet), prints a
-/// table and returns the figures as JSON: `mb_in`, `seconds`, `mb_per_s`, `peak_rss_mb`, the
-/// counts, and the generation parameters.
+/// table and returns the figures as JSON: `mb_in`, `seconds`, `mb_per_s`, `cpu_seconds` and
+/// `cpu_s_per_mb` (of the ingest alone, all threads: what a loaded machine does not change much),
+/// `peak_rss_mb`, the counts, and the generation parameters.
 pub fn bench_ingest(opts: &BenchOptions) -> Result<serde_json::Value, IngestError> {
     let tmp;
     let dir = match &opts.dir {
@@ -179,7 +180,11 @@ pub fn bench_ingest(opts: &BenchOptions) -> Result<serde_json::Value, IngestErro
         cancelled: &|| false,
         metrics: &|_, _| {},
     };
+    let cpu_before = cpu_seconds();
     let summary = ingest(&cfg, &env)?;
+    let cpu = cpu_seconds()
+        .zip(cpu_before)
+        .map(|(after, before)| after - before);
     let t = &summary.manifest.totals;
     let peak = peak_rss_bytes().unwrap_or(0);
     let out_bytes: u64 = summary.manifest.shards.iter().map(|s| s.bytes).sum();
@@ -208,6 +213,18 @@ pub fn bench_ingest(opts: &BenchOptions) -> Result<serde_json::Value, IngestErro
         "MB/s",
         format!("{:.1}", summary.mb_per_s())
     );
+    if let Some(cpu) = cpu {
+        println!(
+            "  {:<28} {:>12}",
+            "CPU seconds (all threads)",
+            format!("{cpu:.2}")
+        );
+        println!(
+            "  {:<28} {:>12}",
+            "CPU seconds per MB",
+            format!("{:.4}", cpu / (t.bytes_in as f64 / 1e6).max(1e-9))
+        );
+    }
     for (phase, s) in &summary.phases {
         println!(
             "  {:<28} {:>12}",
@@ -246,6 +263,8 @@ pub fn bench_ingest(opts: &BenchOptions) -> Result<serde_json::Value, IngestErro
         "seconds": summary.seconds,
         "phase_seconds": summary.phases.iter().map(|(p, s)| (p.to_string(), *s)).collect::<std::collections::BTreeMap<_, _>>(),
         "mb_per_s": summary.mb_per_s(),
+        "cpu_seconds": cpu,
+        "cpu_s_per_mb": cpu.map(|c| c / (t.bytes_in as f64 / 1e6).max(1e-9)),
         "peak_rss_mb": peak as f64 / 1e6,
         "docs_in": t.docs_in,
         "docs_filtered": t.filtered_total() + t.empty,
@@ -255,6 +274,19 @@ pub fn bench_ingest(opts: &BenchOptions) -> Result<serde_json::Value, IngestErro
         "shards": summary.manifest.shards.len(),
         "mb_out_on_disk": out_bytes as f64 / 1e6,
     }))
+}
+
+/// CPU seconds (user + system, all threads) this process has used so far, from `/proc/self/stat`
+/// (Linux; `None` elsewhere). The kernel counts them in ticks of 1/100 s (`USER_HZ`).
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The fields after the command name (which is in parentheses and may hold spaces):
+    // state is the 3rd field of the line, utime and stime the 14th and 15th.
+    let rest = stat.rsplit_once(')')?.1;
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: f64 = fields.next()?.parse().ok()?;
+    let stime: f64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) / 100.0)
 }
 
 /// A temporary directory removed on drop (the bench's default workspace).

@@ -1,8 +1,8 @@
 //! Document quality filters in the spirit of the Gopher rules (Rae et al. 2021, appendix A).
 //!
 //! Each rule has a named [`Reason`]; a document is dropped for the first rule it fails and counted
-//! under that reason. All statistics are computed in one pass over the words and one over the lines,
-//! with per-thread buffers reused from document to document.
+//! under that reason. One scan over the text finds the words and the lines; the n-gram statistics
+//! then work on the words' hashes, with per-thread buffers reused from document to document.
 
 use std::cell::RefCell;
 use tardbot_core::config::FilterConfig;
@@ -122,10 +122,16 @@ pub struct DocStats {
 /// Per-thread buffers reused across documents (the filters run on every document).
 #[derive(Default)]
 struct Scratch {
-    /// Per word: its hash, its length in characters, and the hash of the 2-gram it begins.
+    /// Per word: its hash and its length in characters.
     hashes: Vec<u64>,
     lens: Vec<u32>,
+    /// Per word 2-gram (the one beginning at word `i`): its hash and its slot in `grams`.
     pairs: Vec<u64>,
+    slots: Vec<u32>,
+    /// Per non-blank line: the hash of its trimmed text and its length in characters.
+    line_keys: Vec<(u64, u32)>,
+    /// Words that begin a 5-gram made of repeated 2-grams (the only ones that can repeat).
+    candidates: Vec<u32>,
     lines: Table,
     grams: Table,
     seen5: Table,
@@ -154,23 +160,22 @@ impl Table {
         self.shift = 64 - bits;
     }
 
-    /// The value of `key`, and whether the key was absent (it is inserted, with value 0).
+    /// The slot of `key`, and whether the key was absent (it is inserted, with value 0).
     #[inline]
-    fn insert(&mut self, key: u64) -> (&mut [u32; 2], bool) {
+    fn insert(&mut self, key: u64) -> (usize, bool) {
         let key = if key == 0 { K } else { key };
         let mask = self.slots.len() - 1;
         let mut i = (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize;
         loop {
             match self.slots[i].0 {
-                k if k == key => break,
+                k if k == key => return (i, false),
                 0 => {
                     self.slots[i].0 = key;
-                    return (&mut self.slots[i].1, true);
+                    return (i, true);
                 }
                 _ => i = (i + 1) & mask,
             }
         }
-        (&mut self.slots[i].1, false)
     }
 }
 
@@ -200,15 +205,6 @@ static CLASS: [u8; 256] = {
     }
     t
 };
-
-/// Characters in `s` (UTF-8 bytes that do not continue a character).
-fn char_count(s: &str, ascii: bool) -> usize {
-    if ascii {
-        s.len()
-    } else {
-        s.bytes().filter(|&b| (b as i8) >= -0x40).count()
-    }
-}
 
 /// `#` and the `...` in a word (a run of n dots holds n / 3, as `str::matches` counts).
 fn ascii_symbols(word: &[u8]) -> usize {
@@ -240,23 +236,41 @@ impl DocStats {
             hashes,
             lens,
             pairs,
+            slots,
+            line_keys,
+            candidates,
             lines,
             grams,
             seen5,
         } = sc;
         hashes.clear();
         lens.clear();
+        line_keys.clear();
 
         // Words (Unicode whitespace separates them): lengths, letters, hashes for the n-gram
         // rules, and the symbols (`#`, `…`, U+FFFD, `...`). ASCII runs are scanned through a
-        // class table; only non-ASCII characters are decoded.
+        // class table; only non-ASCII characters are decoded. The same scan finds the lines: a
+        // line's trimmed text runs from its first word's start to its last word's end.
         let bytes = text.as_bytes();
         let n = bytes.len();
         let decode = |i: usize| text[i..].chars().next().unwrap_or('\u{FFFD}');
+        let mut line = (usize::MAX, 0usize); // (first word's start, last word's end)
+        let mut end_line = |line: &mut (usize, usize)| {
+            if line.0 != usize::MAX {
+                let l = &bytes[line.0..line.1];
+                let chars = if ascii { l.len() } else { char_count(l) };
+                line_keys.push((fx_at(bytes, line.0, line.1), chars as u32));
+                line.0 = usize::MAX;
+            }
+        };
         let mut i = 0usize;
         while i < n {
-            let c = CLASS[bytes[i] as usize];
+            let b = bytes[i];
+            let c = CLASS[b as usize];
             if c & WS != 0 {
+                if b == b'\n' {
+                    end_line(&mut line);
+                }
                 i += 1;
                 continue;
             }
@@ -303,29 +317,35 @@ impl DocStats {
             st.alpha_words += usize::from(alpha);
             hashes.push(fx_at(bytes, start, i));
             lens.push(chars as u32);
+            if line.0 == usize::MAX {
+                line.0 = start;
+            }
+            line.1 = i;
         }
+        end_line(&mut line);
 
-        // Lines (trimmed, non-blank), and those repeating an earlier line.
-        let approx_lines = bytes.iter().filter(|&&b| b == b'\n').count() + 1;
-        lines.reset(approx_lines);
-        for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
-            let n = char_count(line, ascii);
+        // Non-blank lines, and those repeating an earlier line.
+        lines.reset(line_keys.len());
+        for &(key, chars) in line_keys.iter() {
             st.lines += 1;
-            st.line_chars += n;
-            if !lines.insert(fx(line.as_bytes())).1 {
+            st.line_chars += chars as usize;
+            if !lines.insert(key).1 {
                 st.dup_lines += 1;
-                st.dup_line_chars += n;
+                st.dup_line_chars += chars as usize;
             }
         }
 
         // Most frequent 2-gram (counts only grow, so the maximum is tracked as they do).
         let w = hashes.len();
         pairs.clear();
+        slots.clear();
         grams.reset(w);
         for i in 1..w {
             let pair = mix(hashes[i - 1], hashes[i]);
             pairs.push(pair);
-            let (v, new) = grams.insert(pair);
+            let (s, new) = grams.insert(pair);
+            slots.push(s as u32);
+            let v = &mut grams.slots[s].1;
             if new {
                 *v = [1, lens[i - 1] + lens[i]];
             } else {
@@ -335,11 +355,25 @@ impl DocStats {
         }
 
         // Duplicated 5-grams (hashed from two 2-grams and a word): every word of a 5-gram seen
-        // before counts, once.
+        // before counts, once. A 5-gram that repeats is made of four 2-grams that repeat, so
+        // only those 5-grams are looked at.
         if w >= 5 {
-            seen5.reset(w);
+            candidates.clear();
+            let mut run = 0u32; // repeated 2-grams in a row, ending at `j`
+            for (j, &s) in slots.iter().enumerate() {
+                run = if grams.slots[s as usize].1[0] >= 2 {
+                    run + 1
+                } else {
+                    0
+                };
+                if run >= 4 {
+                    candidates.push(j as u32 - 3);
+                }
+            }
+            seen5.reset(candidates.len());
             let mut covered_to = 0usize;
-            for i in 0..=w - 5 {
+            for &i in candidates.iter() {
+                let i = i as usize;
                 let h = mix(mix(pairs[i], pairs[i + 2]), hashes[i + 4]);
                 if !seen5.insert(h).1 {
                     st.dup_5gram_chars += lens[covered_to.max(i)..i + 5]
@@ -352,6 +386,11 @@ impl DocStats {
         }
         st
     }
+}
+
+/// Characters in UTF-8 `bytes` (bytes that do not continue a character).
+fn char_count(bytes: &[u8]) -> usize {
+    bytes.iter().filter(|&&b| (b as i8) >= -0x40).count()
 }
 
 const K: u64 = 0x517c_c1b7_2722_0a95;
@@ -375,16 +414,18 @@ fn fx_at(bytes: &[u8], start: usize, end: usize) -> u64 {
             } else {
                 w & ((1u64 << (8 * len)) - 1)
             };
-            mix(mix(0, w), len as u64)
+            mix(mix(0, len as u64), w)
         }
         _ => fx(&bytes[start..end]),
     }
 }
 
-/// FxHash over bytes, 8 at a time (the last word zero-padded): fast, non-cryptographic,
-/// deterministic.
+/// FxHash over the length and then the bytes, 8 at a time (the last word zero-padded): fast,
+/// non-cryptographic, deterministic. The length goes first: mixed in last, right after the last
+/// word, it let strings that differ only in length and last word collide (e.g. `.Ω\u{1f}the` and
+/// `.Ω\u{1f}thex`, 7 and 8 bytes).
 fn fx(bytes: &[u8]) -> u64 {
-    let mut h = 0u64;
+    let mut h = mix(0, bytes.len() as u64);
     let mut chunks = bytes.chunks_exact(8);
     for c in &mut chunks {
         let mut w = [0u8; 8];
@@ -399,7 +440,7 @@ fn fx(bytes: &[u8]) -> u64 {
             .fold(0u64, |w, &b| (w << 8) | u64::from(b));
         h = mix(h, w);
     }
-    mix(h, bytes.len() as u64)
+    h
 }
 
 #[cfg(test)]
@@ -483,6 +524,150 @@ mod tests {
             ..rules()
         };
         assert_eq!(r.check("x"), None);
+    }
+
+    /// The statistics computed the plain way (split, maps, sets), for comparison.
+    fn reference(text: &str) -> DocStats {
+        use std::collections::{HashMap, HashSet};
+        let words: Vec<&str> = text
+            .split(char::is_whitespace)
+            .filter(|w| !w.is_empty())
+            .collect();
+        let chars = |s: &str| s.chars().count();
+        let mut st = DocStats {
+            words: words.len(),
+            word_chars: words.iter().map(|w| chars(w)).sum(),
+            alpha_words: words
+                .iter()
+                .filter(|w| w.chars().any(char::is_alphabetic))
+                .count(),
+            ..DocStats::default()
+        };
+        for w in &words {
+            st.symbols += w.matches(['#', '…', '\u{FFFD}']).count();
+            st.symbols += w
+                .split(|c| c != '.')
+                .map(|dots| dots.len() / 3)
+                .sum::<usize>();
+        }
+        let mut seen_lines = HashSet::new();
+        for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            st.lines += 1;
+            st.line_chars += chars(line);
+            if !seen_lines.insert(line) {
+                st.dup_lines += 1;
+                st.dup_line_chars += chars(line);
+            }
+        }
+        let mut pairs: HashMap<(&str, &str), usize> = HashMap::new();
+        for p in words.windows(2) {
+            *pairs.entry((p[0], p[1])).or_default() += 1;
+        }
+        st.top_2gram_chars = pairs
+            .iter()
+            .filter(|&(_, &n)| n >= 2)
+            .map(|((a, b), &n)| n * (chars(a) + chars(b)))
+            .max()
+            .unwrap_or(0);
+        let mut seen5 = HashSet::new();
+        let mut covered_to = 0;
+        for (i, g) in words.windows(5).enumerate() {
+            if !seen5.insert(g) {
+                st.dup_5gram_chars += words[covered_to.max(i)..i + 5]
+                    .iter()
+                    .map(|w| chars(w))
+                    .sum::<usize>();
+                covered_to = i + 5;
+            }
+        }
+        st
+    }
+
+    #[test]
+    fn stats_agree_with_the_plain_computation() {
+        let mut docs: Vec<String> = [
+            PROSE,
+            VARIED,
+            "",
+            "  \n\t\n",
+            "a b c d e\na b c d e\n\nx",
+            "one\r\ntwo\r\none\r\n two \n",
+            "caf\u{e9} na\u{ef}ve \u{2026} ... .... ##.# x\u{FFFD}y \u{a0}z\u{3000}w\u{85}v\u{2028}u",
+            "\u{201c}Quoted,\u{201d} she said.\n\u{201c}Quoted,\u{201d} she said.\n",
+            "\u{65e5}\u{672c} \u{65e5}\u{672c} \u{65e5}\u{672c} \u{65e5}\u{672c} \u{65e5}\u{672c} \u{65e5}\u{672c}",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        // Pseudo-random documents from awkward pieces, with repeats (duplicate lines, n-grams).
+        let pieces = [
+            "the",
+            "cat",
+            "sat",
+            " ",
+            " ",
+            "  ",
+            "\n",
+            "\n",
+            "\n\n",
+            "\r\n",
+            "\t",
+            "\u{a0}",
+            "\u{3000}",
+            "\u{85}",
+            "\u{2028}",
+            "\u{2026}",
+            "...",
+            "....",
+            ".",
+            "#",
+            "\u{FFFD}",
+            "caf\u{e9}",
+            "\u{65e5}",
+            "x",
+            "12",
+            "3.4",
+            "a.b",
+            "\u{301}",
+            "\u{b}",
+            "\u{1f}",
+        ];
+        let mut x: u64 = 0x1234_5678_9abc_def1;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..2000 {
+            let mut d = String::new();
+            let mut earlier: Vec<String> = Vec::new();
+            for _ in 0..rnd() % 300 {
+                let r = rnd();
+                if r % 13 == 0 && !earlier.is_empty() {
+                    let again = earlier[(r >> 8) as usize % earlier.len()].clone();
+                    d.push_str(&again);
+                } else {
+                    d.push_str(pieces[(r >> 8) as usize % pieces.len()]);
+                    if r % 7 == 0 && earlier.len() < 8 {
+                        let mut k = d.len().saturating_sub(24);
+                        while !d.is_char_boundary(k) {
+                            k += 1;
+                        }
+                        earlier.push(d[k..].to_string());
+                    }
+                }
+            }
+            docs.push(d);
+        }
+        let (mut dup5, mut dup_lines) = (0, 0);
+        for d in &docs {
+            let got = DocStats::of(d);
+            assert_eq!(got, reference(d), "{d:?}");
+            dup5 += usize::from(got.dup_5gram_chars > 0);
+            dup_lines += usize::from(got.dup_lines > 0);
+        }
+        assert!(dup5 > 100 && dup_lines > 100, "{dup5} {dup_lines}");
     }
 
     #[test]

@@ -485,6 +485,86 @@ fn shards_partition_the_files_and_manifests_merge() {
     );
 }
 
+/// `run --shard I/N` end to end, the way the CLI does it: the pipeline text is rewritten by
+/// [`tardbot_ingest::with_shard`] and the stage runs on the config parsed from it. `--shard 0/2`
+/// and `--shard 1/2` read disjoint sets of input files that together are all of them, and their
+/// outputs merge to exactly the documents (id, text, bytes, split) of the unsharded run.
+#[test]
+fn run_shard_0_of_2_and_1_of_2_read_disjoint_files_and_merge_to_the_unsharded_documents() {
+    let t = TestDir::new();
+    std::fs::create_dir_all(t.path("in")).expect("dir");
+    let n_files = 8;
+    for f in 0..n_files {
+        let docs: Vec<String> = (f * 10..f * 10 + 10).map(prose_doc).collect();
+        write(
+            &t.path(&format!("in/f{f}.txt")),
+            text_corpus(&docs).as_bytes(),
+        );
+    }
+    let text = "[model]\npreset = \"tiny\"\n[ingest]\n[[ingest.sources]]\nname = \"s\"\npath = \"in/*.txt\"\nformat = \"text\"\nseparator = \"<|endoftext|>\"\nlicense = \"pd\"\n";
+    let cfg_path = t.path("pipeline.toml");
+    write(&cfg_path, text.as_bytes());
+    let base = t.path("");
+    let whole_cfg =
+        tardbot_core::config::PipelineConfig::from_text(text, &cfg_path, &base).expect("config");
+    let whole = t.ingest(&whole_cfg, "all").expect("unsharded");
+    // The input file of a document: `Document number {i}` comes from file i / 10.
+    let file_of = |text: &str| -> usize {
+        let n = text
+            .strip_prefix("Document number ")
+            .and_then(|r| r.split(' ').next())
+            .and_then(|n| n.parse::<usize>().ok())
+            .expect("a prose_doc");
+        n / 10
+    };
+    let key =
+        |r: &(String, String, String, i64, String)| (r.0.clone(), r.2.clone(), r.3, r.4.clone());
+    let mut merged_rows = Vec::new();
+    let mut files_of_shard = Vec::new();
+    let mut manifests = Vec::new();
+    for i in 0..2 {
+        let (cfg, recorded) =
+            tardbot_ingest::with_shard(&format!("{i}/2"), text, &cfg_path, &base).expect("--shard");
+        assert!(recorded.contains("shard_count = 2"), "{recorded}");
+        let s = t
+            .ingest_with_work(&cfg, &format!("s{i}"), &format!("w{i}"))
+            .unwrap_or_else(|e| panic!("--shard {i}/2: {e}"));
+        assert_eq!(s.manifest.shard_indices, vec![i]);
+        let rows = rows(&t.path(&format!("s{i}")));
+        let files: std::collections::BTreeSet<usize> = rows.iter().map(|r| file_of(&r.2)).collect();
+        assert_eq!(
+            files.len() as u64,
+            s.manifest.totals.files,
+            "shard {i} read exactly the files its documents come from"
+        );
+        assert!(!files.is_empty(), "shard {i} has files of its own");
+        merged_rows.extend(rows.iter().map(key));
+        files_of_shard.push(files);
+        manifests.push((format!("s{i}"), s.manifest));
+    }
+    assert!(
+        files_of_shard[0].is_disjoint(&files_of_shard[1]),
+        "the shards read disjoint files: {files_of_shard:?}"
+    );
+    let all: std::collections::BTreeSet<usize> = files_of_shard.iter().flatten().copied().collect();
+    assert_eq!(all, (0..n_files).collect(), "together they read every file");
+
+    let merged = merge_manifests(&manifests).expect("the shard manifests merge");
+    assert_eq!(merged.shard_indices, vec![0, 1]);
+    assert!(merged.missing_shards().is_empty());
+    assert_eq!(merged.totals.files, n_files as u64);
+    assert_eq!(merged.totals.docs_in, whole.manifest.totals.docs_in);
+    assert_eq!(merged.totals.docs_out, whole.manifest.totals.docs_out);
+    let mut whole_rows: Vec<_> = rows(&t.path("all")).iter().map(key).collect();
+    whole_rows.sort();
+    merged_rows.sort();
+    assert_eq!(whole_rows.len(), n_files * 10);
+    assert_eq!(
+        merged_rows, whole_rows,
+        "the shards hold the documents of the unsharded run"
+    );
+}
+
 #[test]
 fn an_interrupted_ingest_resumes_at_the_first_incomplete_file() {
     let t = TestDir::new();

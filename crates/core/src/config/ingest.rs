@@ -46,7 +46,8 @@ pub struct IngestConfig {
     pub row_group_bytes: u64,
     #[serde(default = "default_row_group_rows")]
     pub row_group_rows: usize,
-    /// zstd level of the output shards (1..=22).
+    /// zstd level of the output shards (1..=22). The default, 1, costs about half the CPU of
+    /// level 3 for shards ~10% larger; raise it for archival output.
     #[serde(default = "default_zstd_level")]
     pub zstd_level: i32,
     /// A single document larger than this (bytes) is a malformed record (error or skip by `on_error`).
@@ -215,7 +216,7 @@ fn default_row_group_rows() -> usize {
     8192
 }
 fn default_zstd_level() -> i32 {
-    3
+    1
 }
 fn default_max_document_bytes() -> u64 {
     64 << 20

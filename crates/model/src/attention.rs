@@ -27,6 +27,8 @@ pub struct QueryBlock {
     pub k_len: usize,
     /// (batch or 1, 1, 1, q_len, k_len).
     pub mask: Tensor,
+    /// The same mask as flags (1: visible), (batch or 1, q_len, k_len), for the fused kernel.
+    pub visible: std::sync::Arc<Vec<u8>>,
 }
 
 /// Per-forward context shared by all layers: positions, RoPE tables, masks.
@@ -44,6 +46,49 @@ pub struct AttnCtx {
 /// Per batch row, the document ids of the queries and of the keys.
 type DocIds<'a> = (&'a [Vec<u32>], &'a [Vec<u32>]);
 
+/// Which keys each query sees: per row (1 or one per batch row), query `i` and key `j`, 1 where query
+/// `q_pos[i]` may attend to key `k_pos[j]` (None: empty cache slot), laid out (rows, tq, tk).
+/// `docs`: per batch row, the document id of each query and key.
+pub(crate) fn visibility(
+    q_pos: &[usize],
+    k_pos: &[Option<usize>],
+    window: usize,
+    docs: Option<DocIds<'_>>,
+) -> (usize, Vec<u8>) {
+    let (tq, tk) = (q_pos.len(), k_pos.len());
+    let rows = docs.map_or(1, |(q, _)| q.len());
+    let mut m = vec![0u8; rows * tq * tk];
+    for r in 0..rows {
+        for (i, &p) in q_pos.iter().enumerate() {
+            for (j, k) in k_pos.iter().enumerate() {
+                let Some(k) = *k else { continue };
+                let mut ok = k <= p && p - k < window;
+                if let Some((qd, kd)) = docs {
+                    ok &= qd[r][i] == kd[r][j];
+                }
+                m[(r * tq + i) * tk + j] = ok as u8;
+            }
+        }
+    }
+    (rows, m)
+}
+
+/// The additive mask (0 where visible, -inf elsewhere), (rows, 1, 1, tq, tk), of a [`visibility`].
+fn mask_of(
+    rows: usize,
+    vis: &[u8],
+    tq: usize,
+    tk: usize,
+    dtype: DType,
+    device: &Device,
+) -> Result<Tensor> {
+    let m: Vec<f32> = vis
+        .iter()
+        .map(|&v| if v != 0 { 0.0 } else { f32::NEG_INFINITY })
+        .collect();
+    Ok(Tensor::from_vec(m, (rows, 1, 1, tq, tk), device)?.to_dtype(dtype)?)
+}
+
 /// Builds the additive mask for queries at `q_pos` and keys at `k_pos` (None: empty cache slot).
 /// `docs`: per batch row, the document id of each query and key.
 pub(crate) fn build_mask(
@@ -54,24 +99,8 @@ pub(crate) fn build_mask(
     dtype: DType,
     device: &Device,
 ) -> Result<Tensor> {
-    let (tq, tk) = (q_pos.len(), k_pos.len());
-    let rows = docs.map_or(1, |(q, _)| q.len());
-    let mut m = vec![f32::NEG_INFINITY; rows * tq * tk];
-    for r in 0..rows {
-        for (i, &p) in q_pos.iter().enumerate() {
-            for (j, k) in k_pos.iter().enumerate() {
-                let Some(k) = *k else { continue };
-                let mut ok = k <= p && p - k < window;
-                if let Some((qd, kd)) = docs {
-                    ok &= qd[r][i] == kd[r][j];
-                }
-                if ok {
-                    m[(r * tq + i) * tk + j] = 0.0;
-                }
-            }
-        }
-    }
-    Ok(Tensor::from_vec(m, (rows, 1, 1, tq, tk), device)?.to_dtype(dtype)?)
+    let (rows, vis) = visibility(q_pos, k_pos, window, docs);
+    mask_of(rows, &vis, q_pos.len(), k_pos.len(), dtype, device)
 }
 
 impl AttnCtx {
@@ -102,20 +131,20 @@ impl AttnCtx {
                 doc_ids.map(|d| d.iter().map(|r| r[qs..qs + tq].to_vec()).collect());
             let k_docs: Option<Vec<Vec<u32>>> =
                 doc_ids.map(|d| d.iter().map(|r| r[ks..ks + tk].to_vec()).collect());
-            let mask = build_mask(
+            let (rows, vis) = visibility(
                 &q_pos,
                 &k_pos,
                 cfg.window,
                 q_docs.as_deref().zip(k_docs.as_deref()),
-                dtype,
-                device,
-            )?;
+            );
+            let mask = mask_of(rows, &vis, tq, tk, dtype, device)?;
             blocks.push(QueryBlock {
                 q_start: qs,
                 q_len: tq,
                 k_start: ks,
                 k_len: tk,
                 mask,
+                visible: std::sync::Arc::new(vis),
             });
             qs += tq;
         }
@@ -274,9 +303,35 @@ impl Attention {
         self.o.forward(&y)
     }
 
+    /// Whether [`Attention::forward`] takes the fused kernel ([`crate::fused::attention`]): training
+    /// (not `ctx.fused`) on CPU in f32/f64 with float weights.
+    fn use_fused_kernel(&self, x: &Tensor, ctx: &AttnCtx) -> bool {
+        !ctx.fused
+            && crate::fused::cpu_float(x)
+            && ![&self.q, &self.k, &self.v].iter().any(|l| l.is_quantized())
+    }
+
     /// Full-sequence forward of the normalised input `x` (batch, seq, hidden).
     pub fn forward(&self, x: &Tensor, ctx: &AttnCtx) -> Result<Tensor> {
         let _span = crate::profile::Span::start(crate::profile::Counter::AttentionForward);
+        if !self.use_fused_kernel(x, ctx) {
+            return self.forward_composed(x, ctx);
+        }
+        // One projection for q, k and v (their weights stacked), then one kernel node.
+        let w = Tensor::cat(&[&self.q.weight, &self.k.weight, &self.v.weight], 0)?;
+        let qkv = Linear::new(w).forward(x)?;
+        let dims = crate::fused::AttnDims {
+            n_heads: self.n_heads,
+            n_kv_heads: self.n_kv_heads,
+            head_dim: self.head_dim,
+        };
+        let y = crate::fused::attention(&qkv, dims, &ctx.cos, &ctx.sin, &ctx.blocks)?;
+        self.o.forward(&y)
+    }
+
+    /// [`Attention::forward`] as a chain of candle ops per query block (any device and dtype; the
+    /// reference the fused kernel is tested against).
+    pub fn forward_composed(&self, x: &Tensor, ctx: &AttnCtx) -> Result<Tensor> {
         let (q, k, v) = self.qkv(x, &ctx.cos, &ctx.sin, ctx.fused)?;
         let mut outs = Vec::with_capacity(ctx.blocks.len());
         for blk in &ctx.blocks {

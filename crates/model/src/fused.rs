@@ -15,6 +15,8 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
+use crate::attention::QueryBlock;
+
 /// Whether the fused kernels handle `t` (CPU, f32 or f64).
 pub fn cpu_float(t: &Tensor) -> bool {
     t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64)
@@ -23,6 +25,9 @@ pub fn cpu_float(t: &Tensor) -> bool {
 /// The float operations the kernels need.
 trait Float: WithDType + Send + Sync {
     fn exp_(self) -> Self;
+    /// In place `x ← exp(x − m)` over a slice, returning the sum; `x = −∞` gives exactly 0. f32 uses a
+    /// vectorisable polynomial (≤ 2 ulp), f64 the libm `exp`.
+    fn exp_shift_sum(x: &mut [Self], m: Self) -> Self;
     fn ln_(self) -> Self;
     fn sqrt_(self) -> Self;
     fn max_(self, o: Self) -> Self;
@@ -30,11 +35,15 @@ trait Float: WithDType + Send + Sync {
 }
 
 macro_rules! float {
-    ($t:ty) => {
+    ($t:ty, $exp_shift_sum:expr) => {
         impl Float for $t {
             #[inline(always)]
             fn exp_(self) -> Self {
                 self.exp()
+            }
+            #[inline(always)]
+            fn exp_shift_sum(x: &mut [Self], m: Self) -> Self {
+                $exp_shift_sum(x, m)
             }
             #[inline(always)]
             fn ln_(self) -> Self {
@@ -52,8 +61,59 @@ macro_rules! float {
         }
     };
 }
-float!(f32);
-float!(f64);
+float!(f32, exp_shift_sum_f32);
+float!(f64, |x: &mut [f64], m: f64| {
+    let mut sum = 0.0;
+    for v in x.iter_mut() {
+        *v = (*v - m).exp();
+        sum += *v;
+    }
+    sum
+});
+
+/// `exp(x)` for f32, branch-free so that loops over it vectorise: Cephes' `expf` (range reduction by
+/// ln 2 with a two-part constant, degree-5 minimax polynomial, scaling by 2ⁿ through the exponent bits),
+/// relative error within 2 ulp; below −87 (and at −∞) it returns 0, above 88 it saturates at e⁸⁸.
+#[inline(always)]
+fn exp_f32(x: f32) -> f32 {
+    const LO: f32 = -87.0;
+    const HI: f32 = 88.0;
+    // 1.5 · 2²³: adding it rounds to an integer kept in the low mantissa bits.
+    const MAGIC: f32 = 12_582_912.0;
+    let xc = x.clamp(LO, HI);
+    let k = xc * std::f32::consts::LOG2_E + MAGIC;
+    let n = k - MAGIC;
+    let r = xc - n * 0.693_359_4 - n * -2.121_944_4e-4;
+    let mut p = 1.987_569_1e-4f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 0.166_666_65;
+    p = p * r + 0.5;
+    let y = p * r * r + r + 1.0;
+    // n + 127 into the exponent field (k's low bits hold n + 2²²).
+    let bits = (k.to_bits().wrapping_sub(0x4B40_0000).wrapping_add(127)) << 23;
+    let v = y * f32::from_bits(bits);
+    if x < LO { 0.0 } else { v }
+}
+
+fn exp_shift_sum_f32(x: &mut [f32], m: f32) -> f32 {
+    // Eight partial sums: a fixed order (deterministic) that the compiler can keep in one register.
+    let mut acc = [0f32; 8];
+    let mut chunks = x.chunks_exact_mut(8);
+    for c in &mut chunks {
+        for (v, a) in c.iter_mut().zip(acc.iter_mut()) {
+            *v = exp_f32(*v - m);
+            *a += *v;
+        }
+    }
+    let mut sum = 0.0;
+    for v in chunks.into_remainder() {
+        *v = exp_f32(*v - m);
+        sum += *v;
+    }
+    acc.iter().sum::<f32>() + sum
+}
 
 type R<T> = candle_core::Result<T>;
 
@@ -613,6 +673,671 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> R<Tensor> {
     x.contiguous()?.apply_op1(Rope { cos, sin })
 }
 
+// ---------------------------------------------------------------------------------------------
+// Linear: y = x · Wᵀ over the last dimension of x (any leading dimensions), W (out, in).
+//
+// One node instead of candle's reshape → matmul (of a transposed view) → reshape chain, whose backward
+// adds a zero-filled gradient and an extra pass per node and transposes W's gradient through a strided
+// copy. Forward and backward run single-threaded gemm calls over a fixed grid of output tiles (chosen
+// from the shapes alone, so results do not depend on the thread count); the weight gradient tiles its
+// output rather than splitting the sum over rows, so nothing is reduced across tasks.
+
+struct LinearOp;
+
+/// Row and column parts of an (m × n) output with inner dimension k: up to 8 tiles of at least 64
+/// rows and columns and about 2²⁰ multiply-adds each.
+fn tiles(m: usize, n: usize, k: usize) -> (usize, usize) {
+    let max = (m.saturating_mul(n).saturating_mul(k) >> 20).clamp(1, 8);
+    let rp = max.min(m / 64).max(1);
+    let cp = (max / rp).min(n / 64).max(1);
+    (rp, cp)
+}
+
+/// `dst (m × n, contiguous) = lhs (m × k) · rhs (k × n)` (operands by pointer and (row, col) strides),
+/// over the [`tiles`] grid in parallel.
+///
+/// # Safety
+/// The operands must be valid for the elements their strides address; `dst` holds m·n elements and
+/// aliases nothing.
+unsafe fn mm_tiled<T: Float>(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut T,
+    lhs: *const T,
+    (l_rs, l_cs): (usize, usize),
+    rhs: *const T,
+    (r_rs, r_cs): (usize, usize),
+) {
+    let (rp, cp) = tiles(m, n, k);
+    let (rows, cols) = (m.div_ceil(rp), n.div_ceil(cp));
+    let (dst, lhs, rhs) = (SendPtr(dst), SendPtr(lhs as *mut T), SendPtr(rhs as *mut T));
+    (0..rp * cp).into_par_iter().for_each(|tile| {
+        let (r0, c0) = ((tile / cp) * rows, (tile % cp) * cols);
+        if r0 >= m || c0 >= n {
+            return;
+        }
+        let (r, c) = (rows.min(m - r0), cols.min(n - c0));
+        // SAFETY: tiles are disjoint parts of dst; the operand rows/columns addressed lie within them.
+        unsafe {
+            mm(
+                (r, c, k),
+                dst.get().add(r0 * n + c0),
+                (n, 1),
+                false,
+                lhs.get().add(r0 * l_rs),
+                (l_rs, l_cs),
+                rhs.get().add(c0 * r_cs),
+                (r_rs, r_cs),
+            )
+        }
+    });
+}
+
+impl CustomOp2 for LinearOp {
+    fn name(&self) -> &'static str {
+        "tardbot-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> R<(CpuStorage, Shape)> {
+        let (out, inp) = l2.shape().dims2()?;
+        let mut dims = l1.shape().dims().to_vec();
+        if dims.last() != Some(&inp) {
+            bail!("linear: input {dims:?} against weight ({out}, {inp})");
+        }
+        let m = l1.shape().elem_count() / inp.max(1);
+        fn go<T: Float>(
+            s1: &CpuStorage,
+            l1: &Layout,
+            s2: &CpuStorage,
+            l2: &Layout,
+            (m, out, inp): (usize, usize, usize),
+        ) -> R<CpuStorage> {
+            let (x, w) = (slice::<T>(s1, l1)?, slice::<T>(s2, l2)?);
+            let mut y = vec![T::zero(); m * out];
+            // SAFETY: x is (m, inp), W (out, inp) read as Wᵀ (inp, out), y (m, out).
+            unsafe {
+                mm_tiled(
+                    (m, out, inp),
+                    y.as_mut_ptr(),
+                    x.as_ptr(),
+                    (inp, 1),
+                    w.as_ptr(),
+                    (1, inp),
+                )
+            };
+            Ok(T::to_cpu_storage_owned(y))
+        }
+        let st = dispatch!(s1.dtype(), go(s1, l1, s2, l2, (m, out, inp)))?;
+        *dims.last_mut().expect("checked above") = out;
+        Ok((st, Shape::from(dims)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> R<(Option<Tensor>, Option<Tensor>)> {
+        fn go<T: Float>(x: &Tensor, w: &Tensor, g: &Tensor) -> R<(Tensor, Tensor)> {
+            let (out, inp) = w.dims2()?;
+            let m = x.elem_count() / inp.max(1);
+            let (dx, dw) = with_data::<T, _>(x, |xs| {
+                with_data::<T, _>(w, |ws| {
+                    with_data::<T, _>(g, |gs| {
+                        let mut dx = vec![T::zero(); m * inp];
+                        let mut dw = vec![T::zero(); out * inp];
+                        // SAFETY: g (m, out), W (out, inp), x (m, inp); dx (m, inp), dW (out, inp).
+                        unsafe {
+                            // dx = g · W
+                            mm_tiled(
+                                (m, inp, out),
+                                dx.as_mut_ptr(),
+                                gs.as_ptr(),
+                                (out, 1),
+                                ws.as_ptr(),
+                                (inp, 1),
+                            );
+                            // dW = gᵀ · x
+                            mm_tiled(
+                                (out, inp, m),
+                                dw.as_mut_ptr(),
+                                gs.as_ptr(),
+                                (1, out),
+                                xs.as_ptr(),
+                                (inp, 1),
+                            );
+                        }
+                        Ok((dx, dw))
+                    })
+                })
+            })?;
+            Ok((tensor(dx, x.shape(), x)?, tensor(dw, w.shape(), w)?))
+        }
+        let (dx, dw) = dispatch!(x.dtype(), go(x, w, g))?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// `x · Wᵀ` over the last dimension of `x` (any leading dimensions) with `w` (out, in), differentiable
+/// in both; CPU, f32/f64.
+pub fn linear(x: &Tensor, w: &Tensor) -> R<Tensor> {
+    x.contiguous()?.apply_op2(&w.contiguous()?, LinearOp)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention: RoPE, grouped-query, masked (sliding window, documents) softmax attention, from the packed
+// projections `qkv` (batch, seq, (n_heads + 2·n_kv_heads)·head_dim) = [q heads | k heads | v heads] to
+// the merged heads (batch, seq, n_heads·head_dim), ready for the output projection. Queries are rotated
+// and scaled by 1/√head_dim, keys rotated, inside the kernel (as [`rope`] then a scale would).
+//
+// One task per (batch row, KV head): its keys and values and the query heads sharing them, so the
+// backward sums the key/value gradients of a group inside one task, in a fixed order (the result does
+// not depend on the thread count). The queries of each context block are cut into sub-blocks of at
+// most `ATTN_SUB` rows; a sub-block multiplies against the key columns any of its queries sees (the
+// sliding window and causality trim the rest), so memory and work are O(seq × window), not seq².
+// The probabilities of those sub-blocks are kept for the backward.
+
+/// Head counts of an attention layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttnDims {
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// Queries per sub-block: a longer context block is split (which trims causally masked keys).
+const ATTN_SUB: usize = 64;
+
+/// Sub-block of queries `q..q+sq` of one batch row and the keys `k..k+nk` any of them sees.
+#[derive(Clone, Copy, Debug)]
+struct Sub {
+    q: usize,
+    sq: usize,
+    k: usize,
+    nk: usize,
+    /// Offset of its probabilities (sq × nk) in one head's plane.
+    p_off: usize,
+    /// Its visibility flags: context block, offset of (row 0, key 0), row stride.
+    blk: usize,
+    vis_off: usize,
+    vis_rs: usize,
+}
+
+/// Per batch row: its sub-blocks and the size of one head's probabilities.
+struct AttnPlan {
+    subs: Vec<Vec<Sub>>,
+    plane: Vec<usize>,
+}
+
+fn attn_plan(blocks: &[QueryBlock], b: usize, t: usize) -> R<AttnPlan> {
+    let mut subs = Vec::with_capacity(b);
+    let mut plane = Vec::with_capacity(b);
+    for bi in 0..b {
+        let (mut v, mut off) = (Vec::new(), 0);
+        for (bx, blk) in blocks.iter().enumerate() {
+            let (tq, tk) = (blk.q_len, blk.k_len);
+            if blk.q_start + tq > t || blk.k_start + tk > t {
+                bail!("fused attention: block beyond the sequence ({t})");
+            }
+            let rows = blk.visible.len() / (tq * tk).max(1);
+            if rows * tq * tk != blk.visible.len() {
+                bail!("fused attention: visibility of a block has a wrong size");
+            }
+            let r = match rows {
+                1 => 0,
+                n if n == b => bi,
+                n => bail!("fused attention: mask for {n} rows, batch {b}"),
+            };
+            let mut s0 = 0;
+            while s0 < tq {
+                let sq = ATTN_SUB.min(tq - s0);
+                let (mut c0, mut c1) = (tk, 0);
+                for i in s0..s0 + sq {
+                    let row = &blk.visible[(r * tq + i) * tk..][..tk];
+                    if let (Some(a), Some(z)) = (
+                        row.iter().position(|&f| f != 0),
+                        row.iter().rposition(|&f| f != 0),
+                    ) {
+                        c0 = c0.min(a);
+                        c1 = c1.max(z + 1);
+                    }
+                }
+                if c1 > c0 {
+                    let nk = c1 - c0;
+                    v.push(Sub {
+                        q: blk.q_start + s0,
+                        sq,
+                        k: blk.k_start + c0,
+                        nk,
+                        p_off: off,
+                        blk: bx,
+                        vis_off: (r * tq + s0) * tk + c0,
+                        vis_rs: tk,
+                    });
+                    off += sq * nk;
+                }
+                s0 += sq;
+            }
+        }
+        subs.push(v);
+        plane.push(off);
+    }
+    Ok(AttnPlan { subs, plane })
+}
+
+struct FusedAttention {
+    dims: AttnDims,
+    /// RoPE tables (seq, head_dim/2).
+    cos: Vec<f64>,
+    sin: Vec<f64>,
+    /// The context blocks (their visibility flags).
+    blocks: Vec<QueryBlock>,
+    plan: AttnPlan,
+    /// The forward's probabilities, for the backward.
+    probs: std::sync::Mutex<Option<CpuStorage>>,
+}
+
+/// A raw pointer shared by tasks that write disjoint elements.
+#[derive(Clone, Copy)]
+struct SendPtr<T>(*mut T);
+// SAFETY: only used by tasks writing disjoint elements of a buffer that outlives them.
+unsafe impl<T> Send for SendPtr<T> {}
+unsafe impl<T> Sync for SendPtr<T> {}
+impl<T> SendPtr<T> {
+    fn get(self) -> *mut T {
+        self.0
+    }
+}
+
+/// `dst (m × n) = [dst +] lhs (m × k) · rhs (k × n)`, single-threaded; each operand given by its
+/// pointer, row stride and column stride.
+///
+/// # Safety
+/// Every operand must be valid for the elements its strides address; `dst` must not alias the others.
+#[allow(clippy::too_many_arguments)]
+unsafe fn mm<T: Float>(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut T,
+    (d_rs, d_cs): (usize, usize),
+    acc: bool,
+    lhs: *const T,
+    (l_rs, l_cs): (usize, usize),
+    rhs: *const T,
+    (r_rs, r_cs): (usize, usize),
+) {
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            d_cs as isize,
+            d_rs as isize,
+            acc,
+            lhs,
+            l_cs as isize,
+            l_rs as isize,
+            rhs,
+            r_cs as isize,
+            r_rs as isize,
+            T::one(),
+            T::one(),
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+/// RoPE of `t` rows of `hd` values at row stride `rs` in `x`, times `scale`, into `out` (t × hd).
+fn rope_rows<T: Float>(
+    x: &[T],
+    rs: usize,
+    hd: usize,
+    tables: (&[f64], &[f64]),
+    scale: T,
+    out: &mut [T],
+) {
+    let half = hd / 2;
+    let (cos, sin) = tables;
+    for (p, o) in out.chunks_exact_mut(hd).enumerate() {
+        let xr = &x[p * rs..][..hd];
+        let (cr, sr) = (&cos[p * half..][..half], &sin[p * half..][..half]);
+        for i in 0..half {
+            let (c, s) = (T::from_f64(cr[i]), T::from_f64(sr[i]));
+            let (a, b) = (xr[2 * i], xr[2 * i + 1]);
+            o[2 * i] = (a * c - b * s) * scale;
+            o[2 * i + 1] = (a * s + b * c) * scale;
+        }
+    }
+}
+
+/// Backward of [`rope_rows`]: the gradient `g` (t × hd) of the rotated rows, times `scale`, written to
+/// `t` rows at stride `rs` from `dst`.
+///
+/// # Safety
+/// `dst` must be valid for those rows and written by no one else meanwhile.
+unsafe fn rope_rows_back<T: Float>(
+    g: &[T],
+    hd: usize,
+    tables: (&[f64], &[f64]),
+    scale: T,
+    dst: *mut T,
+    rs: usize,
+) {
+    let half = hd / 2;
+    let (cos, sin) = tables;
+    for (p, gr) in g.chunks_exact(hd).enumerate() {
+        // SAFETY: the caller's contract.
+        let o = unsafe { std::slice::from_raw_parts_mut(dst.add(p * rs), hd) };
+        let (cr, sr) = (&cos[p * half..][..half], &sin[p * half..][..half]);
+        for i in 0..half {
+            let (c, s) = (T::from_f64(cr[i]), T::from_f64(sr[i]));
+            let (a, b) = (gr[2 * i], gr[2 * i + 1]);
+            o[2 * i] = (a * c + b * s) * scale;
+            o[2 * i + 1] = (b * c - a * s) * scale;
+        }
+    }
+}
+
+/// In place: the rows (sq × nk) of scores become probabilities over their visible keys (`vis`, row
+/// stride `vis_rs`); a row seeing nothing becomes zeros.
+fn masked_softmax_rows<T: Float>(p: &mut [T], vis: &[u8], nk: usize, vis_rs: usize) {
+    for (i, row) in p.chunks_exact_mut(nk).enumerate() {
+        let v = &vis[i * vis_rs..][..nk];
+        let mut mx = T::NEG_INF;
+        for (x, &f) in row.iter_mut().zip(v) {
+            if f == 0 {
+                *x = T::NEG_INF;
+            }
+            mx = mx.max_(*x);
+        }
+        if mx == T::NEG_INF {
+            row.iter_mut().for_each(|x| *x = T::zero());
+            continue;
+        }
+        let sum = T::exp_shift_sum(row, mx);
+        let inv = T::one() / sum;
+        row.iter_mut().for_each(|x| *x *= inv);
+    }
+}
+
+impl FusedAttention {
+    fn shape(&self) -> (usize, usize, usize, usize) {
+        let AttnDims {
+            n_heads: nh,
+            n_kv_heads: nkv,
+            head_dim: hd,
+        } = self.dims;
+        (nh, nkv, hd, nh / nkv)
+    }
+
+    /// Offset of task (batch row, KV head)'s probabilities.
+    fn probs_offset(&self, bi: usize, g: usize) -> usize {
+        let (nh, _, _, rep) = self.shape();
+        self.plan.plane[..bi].iter().sum::<usize>() * nh + g * rep * self.plan.plane[bi]
+    }
+
+    fn fwd<T: Float>(&self, qkv: &[T], b: usize, t: usize) -> (Vec<T>, Vec<T>) {
+        let (nh, nkv, hd, rep) = self.shape();
+        let (w, ow) = ((nh + 2 * nkv) * hd, nh * hd);
+        let scale = T::from_f64(1.0 / (hd as f64).sqrt());
+        let tables = (&self.cos[..], &self.sin[..]);
+        let mut out = vec![T::zero(); b * t * ow];
+        let mut probs = vec![T::zero(); self.plan.plane.iter().sum::<usize>() * nh];
+        let mut tasks = Vec::with_capacity(b * nkv);
+        let mut rest = probs.as_mut_slice();
+        for bi in 0..b {
+            for g in 0..nkv {
+                let (mine, r) = rest.split_at_mut(rep * self.plan.plane[bi]);
+                tasks.push((bi, g, mine));
+                rest = r;
+            }
+        }
+        let out_ptr = SendPtr(out.as_mut_ptr());
+        tasks.into_par_iter().for_each(|(bi, g, pr)| {
+            let x = &qkv[bi * t * w..][..t * w];
+            let plane = self.plan.plane[bi];
+            let mut kr = vec![T::zero(); t * hd];
+            rope_rows(&x[(nh + g) * hd..], w, hd, tables, T::one(), &mut kr);
+            let v = x[(nh + nkv + g) * hd..].as_ptr();
+            let mut qr = vec![T::zero(); t * hd];
+            for (hr, pp) in pr.chunks_exact_mut(plane.max(1)).take(rep).enumerate() {
+                let h = g * rep + hr;
+                rope_rows(&x[h * hd..], w, hd, tables, scale, &mut qr);
+                for s in &self.plan.subs[bi] {
+                    let p = &mut pp[s.p_off..][..s.sq * s.nk];
+                    // SAFETY: q rows q..q+sq and key rows k..k+nk lie in the sequence (plan); the
+                    // output rows of this batch row and head are written by this task only.
+                    unsafe {
+                        mm(
+                            (s.sq, s.nk, hd),
+                            p.as_mut_ptr(),
+                            (s.nk, 1),
+                            false,
+                            qr[s.q * hd..].as_ptr(),
+                            (hd, 1),
+                            kr[s.k * hd..].as_ptr(),
+                            (1, hd),
+                        );
+                    }
+                    let vis = &self.blocks[s.blk].visible[s.vis_off..];
+                    masked_softmax_rows(p, vis, s.nk, s.vis_rs);
+                    unsafe {
+                        mm(
+                            (s.sq, hd, s.nk),
+                            out_ptr.get().add((bi * t + s.q) * ow + h * hd),
+                            (ow, 1),
+                            false,
+                            p.as_ptr(),
+                            (s.nk, 1),
+                            v.add(s.k * w),
+                            (w, 1),
+                        );
+                    }
+                }
+            }
+        });
+        (out, probs)
+    }
+
+    fn bwd_data<T: Float>(&self, qkv: &[T], grad: &[T], probs: &[T], b: usize, t: usize) -> Vec<T> {
+        let (nh, nkv, hd, rep) = self.shape();
+        let (w, ow) = ((nh + 2 * nkv) * hd, nh * hd);
+        let scale = T::from_f64(1.0 / (hd as f64).sqrt());
+        let tables = (&self.cos[..], &self.sin[..]);
+        let mut dx = vec![T::zero(); b * t * w];
+        let dx_ptr = SendPtr(dx.as_mut_ptr());
+        (0..b * nkv).into_par_iter().for_each(|task| {
+            let (bi, g) = (task / nkv, task % nkv);
+            let x = &qkv[bi * t * w..][..t * w];
+            let go = &grad[bi * t * ow..][..t * ow];
+            let plane = self.plan.plane[bi];
+            let pr = &probs[self.probs_offset(bi, g)..][..rep * plane];
+            let subs = &self.plan.subs[bi];
+            // SAFETY (all below): this task alone writes the rows of batch row `bi` in the columns
+            // of its query heads, its key head and its value head; rows addressed lie in the sequence.
+            let dxb = unsafe { dx_ptr.get().add(bi * t * w) };
+            let mut kr = vec![T::zero(); t * hd];
+            rope_rows(&x[(nh + g) * hd..], w, hd, tables, T::one(), &mut kr);
+            let v = x[(nh + nkv + g) * hd..].as_ptr();
+            let dv = unsafe { dxb.add((nh + nkv + g) * hd) };
+            let mut dkr = vec![T::zero(); t * hd];
+            let mut qr = vec![T::zero(); t * hd];
+            let mut dqr = vec![T::zero(); t * hd];
+            let mut ds = vec![T::zero(); subs.iter().map(|s| s.sq * s.nk).max().unwrap_or(0)];
+            for hr in 0..rep {
+                let h = g * rep + hr;
+                rope_rows(&x[h * hd..], w, hd, tables, scale, &mut qr);
+                dqr.iter_mut().for_each(|d| *d = T::zero());
+                let pp = &pr[hr * plane..][..plane];
+                for s in subs {
+                    let p = &pp[s.p_off..][..s.sq * s.nk];
+                    let ds = &mut ds[..s.sq * s.nk];
+                    let gq = go[s.q * ow + h * hd..].as_ptr();
+                    unsafe {
+                        // dV[k..k+nk] += Pᵀ · dO
+                        mm(
+                            (s.nk, hd, s.sq),
+                            dv.add(s.k * w),
+                            (w, 1),
+                            true,
+                            p.as_ptr(),
+                            (1, s.nk),
+                            gq,
+                            (ow, 1),
+                        );
+                        // dP = dO · Vᵀ
+                        mm(
+                            (s.sq, s.nk, hd),
+                            ds.as_mut_ptr(),
+                            (s.nk, 1),
+                            false,
+                            gq,
+                            (ow, 1),
+                            v.add(s.k * w),
+                            (1, w),
+                        );
+                    }
+                    // dS = P ⊙ (dP − Σⱼ P dP)
+                    for (dr, pr) in ds.chunks_exact_mut(s.nk).zip(p.chunks_exact(s.nk)) {
+                        let dot = pr
+                            .iter()
+                            .zip(dr.iter())
+                            .fold(T::zero(), |a, (&pv, &dv)| a + pv * dv);
+                        for (d, &pv) in dr.iter_mut().zip(pr) {
+                            *d = pv * (*d - dot);
+                        }
+                    }
+                    unsafe {
+                        // dQr[q..q+sq] = dS · Kr[k..k+nk]
+                        mm(
+                            (s.sq, hd, s.nk),
+                            dqr[s.q * hd..].as_mut_ptr(),
+                            (hd, 1),
+                            false,
+                            ds.as_ptr(),
+                            (s.nk, 1),
+                            kr[s.k * hd..].as_ptr(),
+                            (hd, 1),
+                        );
+                        // dKr[k..k+nk] += dSᵀ · Qr[q..q+sq]
+                        mm(
+                            (s.nk, hd, s.sq),
+                            dkr[s.k * hd..].as_mut_ptr(),
+                            (hd, 1),
+                            true,
+                            ds.as_ptr(),
+                            (1, s.nk),
+                            qr[s.q * hd..].as_ptr(),
+                            (hd, 1),
+                        );
+                    }
+                }
+                unsafe { rope_rows_back(&dqr, hd, tables, scale, dxb.add(h * hd), w) };
+            }
+            unsafe { rope_rows_back(&dkr, hd, tables, T::one(), dxb.add((nh + g) * hd), w) };
+        });
+        dx
+    }
+}
+
+impl CustomOp1 for FusedAttention {
+    fn name(&self) -> &'static str {
+        "tardbot-attention"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> R<(CpuStorage, Shape)> {
+        let (b, t, _) = l.shape().dims3()?;
+        fn go<T: Float>(
+            op: &FusedAttention,
+            s: &CpuStorage,
+            l: &Layout,
+            b: usize,
+            t: usize,
+        ) -> R<(CpuStorage, CpuStorage)> {
+            let (out, probs) = op.fwd(slice::<T>(s, l)?, b, t);
+            Ok((T::to_cpu_storage_owned(out), T::to_cpu_storage_owned(probs)))
+        }
+        let (out, probs) = dispatch!(s.dtype(), go(self, s, l, b, t))?;
+        *self.probs.lock().unwrap_or_else(|e| e.into_inner()) = Some(probs);
+        let ow = self.dims.n_heads * self.dims.head_dim;
+        Ok((out, Shape::from((b, t, ow))))
+    }
+
+    fn bwd(&self, qkv: &Tensor, _res: &Tensor, g: &Tensor) -> R<Option<Tensor>> {
+        fn go<T: Float>(
+            op: &FusedAttention,
+            qkv: &Tensor,
+            g: &Tensor,
+            probs: &CpuStorage,
+        ) -> R<Tensor> {
+            let (b, t, _) = qkv.dims3()?;
+            let probs = probs.as_slice::<T>()?;
+            let dx = with_data::<T, _>(qkv, |x| {
+                with_data::<T, _>(g, |gs| Ok(op.bwd_data(x, gs, probs, b, t)))
+            })?;
+            tensor(dx, qkv.shape(), qkv)
+        }
+        let saved = self.probs.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(probs) = saved.as_ref() else {
+            bail!("fused attention: backward before its forward");
+        };
+        Ok(Some(dispatch!(qkv.dtype(), go(self, qkv, g, probs))?))
+    }
+}
+
+/// Attention of the packed projections `qkv` (batch, seq, (n_heads + 2·n_kv_heads)·head_dim), laid out
+/// [q heads | k heads | v heads] and not yet rotated, under the visibility of the context `blocks`
+/// (which must cover the sequence's queries) with RoPE tables `cos`, `sin` (seq, head_dim/2). Returns
+/// the merged heads (batch, seq, n_heads·head_dim). Differentiable in `qkv`; CPU, f32/f64.
+pub fn attention(
+    qkv: &Tensor,
+    dims: AttnDims,
+    cos: &Tensor,
+    sin: &Tensor,
+    blocks: &[QueryBlock],
+) -> R<Tensor> {
+    let (b, t, w) = qkv.dims3()?;
+    let AttnDims {
+        n_heads: nh,
+        n_kv_heads: nkv,
+        head_dim: hd,
+    } = dims;
+    if nkv == 0 || nh % nkv != 0 || hd % 2 != 0 || w != (nh + 2 * nkv) * hd {
+        bail!("fused attention: qkv width {w} does not fit {dims:?}");
+    }
+    if cos.dims() != [t, hd / 2] || sin.dims() != [t, hd / 2] {
+        bail!("fused attention: RoPE tables {:?} for seq {t}", cos.dims());
+    }
+    let covered: usize = blocks.iter().map(|b| b.q_len).sum();
+    if covered != t {
+        bail!("fused attention: blocks cover {covered} queries of {t}");
+    }
+    let cos = cos.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+    let sin = sin.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+    let plan = attn_plan(blocks, b, t)?;
+    qkv.contiguous()?.apply_op1(FusedAttention {
+        dims,
+        cos,
+        sin,
+        blocks: blocks.to_vec(),
+        plan,
+        probs: Default::default(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -670,6 +1395,37 @@ mod tests {
                 max_diff(x, y)
             );
         }
+    }
+
+    #[test]
+    fn fast_exp_f32_is_accurate() {
+        let mut worst = 0f64;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let (got, want) = (exp_f32(x) as f64, (x as f64).exp());
+            worst = worst.max((got - want).abs() / want);
+            x += 0.001_3;
+        }
+        assert!(worst < 2.5e-7, "relative error {worst:e}");
+        assert_eq!(exp_f32(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp_f32(-100.0), 0.0);
+        assert!(exp_f32(f32::NAN).is_nan());
+        let mut v = vec![
+            0f32,
+            -1.0,
+            f32::NEG_INFINITY,
+            2.0,
+            0.5,
+            -3.0,
+            1.0,
+            0.25,
+            -0.75,
+            3.0,
+        ];
+        let want: f64 = v.iter().map(|&a| (a as f64 - 1.0).exp()).sum();
+        let got = f32::exp_shift_sum(&mut v, 1.0) as f64;
+        assert!((got - want).abs() < 1e-6 * want, "{got} vs {want}");
+        assert_eq!(v[2], 0.0);
     }
 
     #[test]
@@ -744,5 +1500,85 @@ mod tests {
             |t| rope(&t[0], &cos, &sin).unwrap(),
             |t| crate::ops::rope_composed(&t[0], &cos, &sin).unwrap(),
         );
+    }
+}
+
+#[cfg(test)]
+mod gemm_speed {
+    use super::*;
+    use candle_core::Device;
+
+    fn time(reps: usize, mut f: impl FnMut()) -> f64 {
+        f();
+        let t = std::time::Instant::now();
+        for _ in 0..reps {
+            f();
+        }
+        t.elapsed().as_secs_f64() / reps as f64
+    }
+
+    /// `cargo test --release --workspace -- --ignored --nocapture gemm_direct_speed`
+    #[test]
+    #[ignore = "timing"]
+    fn gemm_direct_speed() {
+        let dev = Device::Cpu;
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                for (m, k, n) in [(2048, 128, 256), (1024, 128, 512), (1024, 512, 128), (2048, 128, 4096)] {
+                    let x = Tensor::randn(0f32, 1., (m, k), &dev).unwrap();
+                    let w = Tensor::randn(0f32, 1., (n, k), &dev).unwrap();
+                    let g = Tensor::randn(0f32, 1., (m, n), &dev).unwrap();
+                    let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                    let ws = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                    let gs = g.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                    let fl = 2.0 * (m * k * n) as f64 / 1e9;
+                    let reps = 20;
+                    let c_fwd = time(reps, || {
+                        x.matmul(&w.t().unwrap()).unwrap();
+                    });
+                    let c_dx = time(reps, || {
+                        g.matmul(&w).unwrap();
+                    });
+                    let c_dw = time(reps, || {
+                        g.t().unwrap().matmul(&x).unwrap();
+                    });
+                    let mut y = vec![0f32; m * n];
+                    let d_fwd = time(reps, || unsafe {
+                        mm((m, n, k), y.as_mut_ptr(), (n, 1), false, xs.as_ptr(), (k, 1), ws.as_ptr(), (1, k));
+                    });
+                    let parts = 4;
+                    let rows = m.div_ceil(parts);
+                    let s_fwd = time(reps, || {
+                        let yp = SendPtr(y.as_mut_ptr());
+                        (0..parts).into_par_iter().for_each(|p| unsafe {
+                            let r0 = p * rows;
+                            let r = rows.min(m - r0);
+                            mm((r, n, k), yp.get().add(r0 * n), (n, 1), false, xs[r0 * k..].as_ptr(), (k, 1), ws.as_ptr(), (1, k));
+                        });
+                    });
+                    let mut dw = vec![0f32; n * k];
+                    let d_dw = time(reps, || unsafe {
+                        mm((n, k, m), dw.as_mut_ptr(), (k, 1), false, gs.as_ptr(), (1, n), xs.as_ptr(), (k, 1));
+                    });
+                    let cols = n.div_ceil(parts);
+                    let s_dw = time(reps, || {
+                        let dp = SendPtr(dw.as_mut_ptr());
+                        (0..parts).into_par_iter().for_each(|p| unsafe {
+                            let c0 = p * cols;
+                            let c = cols.min(n - c0);
+                            mm((c, k, m), dp.get().add(c0 * k), (k, 1), false, gs[c0..].as_ptr(), (1, n), xs.as_ptr(), (k, 1));
+                        });
+                    });
+                    eprintln!(
+                        "{threads}t {m}x{k}x{n} GFLOP/s: candle fwd {:.1} dx {:.1} dw {:.1} | gemm1 fwd {:.1} dw {:.1} | split fwd {:.1} dw {:.1}",
+                        fl / c_fwd, fl / c_dx, fl / c_dw, fl / d_fwd, fl / d_dw, fl / s_fwd, fl / s_dw
+                    );
+                }
+            });
+        }
     }
 }

@@ -119,6 +119,9 @@ impl Linear {
 
     /// `x` of shape (..., in) to (..., out).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if self.q8.is_none() && crate::fused::cpu_float(x) && x.dtype() == self.weight.dtype() {
+            return Ok(crate::fused::linear(x, &self.weight)?);
+        }
         let dims = x.dims().to_vec();
         let inp = *dims
             .last()
@@ -300,6 +303,61 @@ mod matmul_speed {
                     2.0 * (m * k * n) as f64 / s / 1e9
                 );
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod linear_speed {
+    use candle_core::{DType, Device, Tensor, Var};
+
+    /// Forward + backward of the training shapes of `tiny` (8 × 256 tokens) through [`super::Linear`],
+    /// 1 and 2 threads:
+    /// `cargo test --release --workspace -- --ignored --nocapture linear_train_speed`
+    #[test]
+    #[ignore = "timing"]
+    fn linear_train_speed() {
+        let dev = Device::Cpu;
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                for (m, k, n) in [
+                    (2048, 128, 256),
+                    (2048, 128, 128),
+                    (1024, 128, 512),
+                    (1024, 512, 128),
+                    (2048, 128, 4096),
+                    (1024, 448, 1792),
+                    (512, 1792, 448),
+                ] {
+                    let x =
+                        Var::from_tensor(&Tensor::randn(0f32, 1., (m, k), &dev).unwrap()).unwrap();
+                    let w =
+                        Var::from_tensor(&Tensor::randn(0f32, 1., (n, k), &dev).unwrap()).unwrap();
+                    let g = Tensor::randn(0f32, 1., (m, n), &dev).unwrap();
+                    let lin = super::Linear::new(w.as_tensor().clone());
+                    let run = || {
+                        let y = lin.forward(x.as_tensor()).unwrap();
+                        let grads = (y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+                        assert_eq!(grads.get(w.as_tensor()).unwrap().dtype(), DType::F32);
+                    };
+                    run();
+                    let t = std::time::Instant::now();
+                    let reps = 10;
+                    for _ in 0..reps {
+                        run();
+                    }
+                    let s = t.elapsed().as_secs_f64() / reps as f64;
+                    eprintln!(
+                        "{threads} threads {m}x{k}x{n} fwd+bwd: {:.2} ms, {:.1} GFLOP/s",
+                        s * 1e3,
+                        6.0 * (m * k * n) as f64 / s / 1e9
+                    );
+                }
+            });
         }
     }
 }

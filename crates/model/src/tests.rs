@@ -741,7 +741,7 @@ fn fused_attention_matches_composed_path_f64() {
                 let mut d = 0u32;
                 (0..t)
                     .map(|_| {
-                        if r.next_u64() % 9 == 0 {
+                        if r.next_u64().is_multiple_of(9) {
                             d += 1;
                         }
                         d

@@ -14,6 +14,7 @@ use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Storage, Tensor, WithDType, bail,
 };
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 use crate::attention::QueryBlock;
 
@@ -25,6 +26,8 @@ pub fn cpu_float(t: &Tensor) -> bool {
 /// The float operations the kernels need.
 trait Float: WithDType + Send + Sync {
     fn exp_(self) -> Self;
+    /// `exp`, vectorisable for f32 ([`exp_f32`], ≤ 2 ulp; 0 below −87), libm for f64.
+    fn exp_fast(self) -> Self;
     /// In place `x ← exp(x − m)` over a slice, returning the sum; `x = −∞` gives exactly 0. f32 uses a
     /// vectorisable polynomial (≤ 2 ulp), f64 the libm `exp`.
     fn exp_shift_sum(x: &mut [Self], m: Self) -> Self;
@@ -35,11 +38,15 @@ trait Float: WithDType + Send + Sync {
 }
 
 macro_rules! float {
-    ($t:ty, $exp_shift_sum:expr) => {
+    ($t:ty, $exp_fast:expr, $exp_shift_sum:expr) => {
         impl Float for $t {
             #[inline(always)]
             fn exp_(self) -> Self {
                 self.exp()
+            }
+            #[inline(always)]
+            fn exp_fast(self) -> Self {
+                $exp_fast(self)
             }
             #[inline(always)]
             fn exp_shift_sum(x: &mut [Self], m: Self) -> Self {
@@ -61,8 +68,8 @@ macro_rules! float {
         }
     };
 }
-float!(f32, exp_shift_sum_f32);
-float!(f64, |x: &mut [f64], m: f64| {
+float!(f32, exp_f32, exp_shift_sum_f32);
+float!(f64, f64::exp, |x: &mut [f64], m: f64| {
     let mut sum = 0.0;
     for v in x.iter_mut() {
         *v = (*v - m).exp();
@@ -115,11 +122,64 @@ fn exp_shift_sum_f32(x: &mut [f32], m: f32) -> f32 {
     acc.iter().sum::<f32>() + sum
 }
 
+/// Largest element (−∞ for an empty slice), over eight lanes so that it vectorises.
+fn max_lanes<T: Float>(x: &[T]) -> T {
+    let mut acc = [T::NEG_INF; 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a = a.max_(v);
+        }
+    }
+    let m = chunks
+        .remainder()
+        .iter()
+        .fold(T::NEG_INF, |a, &v| a.max_(v));
+    acc.iter().fold(m, |a, &v| a.max_(v))
+}
+
+/// `Σ exp(x − m)` in a fixed order over eight lanes ([`Float::exp_fast`]).
+fn sum_exp_shift<T: Float>(x: &[T], m: T) -> T {
+    let mut acc = [T::zero(); 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += (v - m).exp_fast();
+        }
+    }
+    let r = chunks
+        .remainder()
+        .iter()
+        .fold(T::zero(), |a, &v| a + (v - m).exp_fast());
+    acc.iter().fold(r, |a, &v| a + v)
+}
+
 type R<T> = candle_core::Result<T>;
 
 /// Rows per parallel task so that a task covers at least ~16k elements.
 fn rows_per_task(row_len: usize) -> usize {
     (16_384 / row_len.max(1)).max(1)
+}
+
+/// An uninitialised vector of `n` values, for a kernel that writes every element (through
+/// [`MaybeUninit::write`] or a raw pointer) before [`assume_init`]: unlike `vec![0; n]`, no serial
+/// zero-fill (and first touch of fresh pages) precedes the parallel fill.
+fn uninit<T>(n: usize) -> Vec<MaybeUninit<T>> {
+    let mut v = Vec::with_capacity(n);
+    // SAFETY: `MaybeUninit` needs no initialisation; the capacity is `n`.
+    unsafe { v.set_len(n) };
+    v
+}
+
+/// The values of a vector from [`uninit`].
+///
+/// # Safety
+/// Every element of `v` must have been written.
+unsafe fn assume_init<T>(v: Vec<MaybeUninit<T>>) -> Vec<T> {
+    let mut v = std::mem::ManuallyDrop::new(v);
+    // SAFETY: `MaybeUninit<T>` has the layout of `T`; the elements are initialised (the contract);
+    // pointer, length and capacity come from a live vector that is not dropped.
+    unsafe { Vec::from_raw_parts(v.as_mut_ptr() as *mut T, v.len(), v.capacity()) }
 }
 
 fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> R<&'a [T]> {
@@ -162,7 +222,7 @@ struct RmsNorm {
 
 fn rms_fwd<T: Float>(x: &[T], w: &[T], eps: f64) -> Vec<T> {
     let d = w.len();
-    let mut y = vec![T::zero(); x.len()];
+    let mut y = uninit::<T>(x.len());
     let eps = T::from_f64(eps);
     let inv_d = T::from_f64(1.0 / d as f64);
     y.par_chunks_mut(d * rows_per_task(d))
@@ -172,20 +232,21 @@ fn rms_fwd<T: Float>(x: &[T], w: &[T], eps: f64) -> Vec<T> {
                 let ss = xr.iter().fold(T::zero(), |a, &v| a + v * v);
                 let r = T::one() / (ss * inv_d + eps).sqrt_();
                 for ((o, &v), &wi) in yr.iter_mut().zip(xr).zip(w) {
-                    *o = v * r * wi;
+                    o.write(v * r * wi);
                 }
             }
         });
-    y
+    // SAFETY: the chunks cover `y` (x.len() is a multiple of d) and every element was written.
+    unsafe { assume_init(y) }
 }
 
 fn rms_bwd<T: Float>(x: &[T], w: &[T], g: &[T], eps: f64) -> (Vec<T>, Vec<T>) {
     let d = w.len();
     let eps = T::from_f64(eps);
     let inv_d = T::from_f64(1.0 / d as f64);
-    let mut dx = vec![T::zero(); x.len()];
+    let mut dx = uninit::<T>(x.len());
     let chunk = d * rows_per_task(d);
-    let dw = dx
+    let partial = dx
         .par_chunks_mut(chunk)
         .zip(x.par_chunks(chunk))
         .zip(g.par_chunks(chunk))
@@ -210,23 +271,23 @@ fn rms_bwd<T: Float>(x: &[T], w: &[T], g: &[T], eps: f64) -> (Vec<T>, Vec<T>) {
                     .zip(gr)
                     .zip(w.iter().zip(dw.iter_mut()))
                 {
-                    *o = r * gv * wv - xv * c;
+                    o.write(r * gv * wv - xv * c);
                     *dwv += gv * xv * r;
                 }
             }
             dw
         })
-        // Partial sums added in chunk order, not by rayon's `reduce` (whose tree follows work
-        // stealing): the weight gradient must be the same bits run to run for exact resume.
-        .collect::<Vec<Vec<T>>>()
-        .into_iter()
-        .fold(vec![T::zero(); d], |mut a, b| {
-            for (x, y) in a.iter_mut().zip(b) {
-                *x += y;
-            }
-            a
-        });
-    (dx, dw)
+        .collect::<Vec<_>>();
+    // Partial weight gradients summed in chunk order: the same bits whatever the thread count and
+    // however rayon split the work (a parallel `reduce` would add them in a schedule-dependent tree).
+    let dw = partial.into_iter().fold(vec![T::zero(); d], |mut a, b| {
+        for (x, y) in a.iter_mut().zip(b) {
+            *x += y;
+        }
+        a
+    });
+    // SAFETY: the chunks cover `dx` (x.len() is a multiple of d) and every element was written.
+    (unsafe { assume_init(dx) }, dw)
 }
 
 impl CustomOp2 for RmsNorm {
@@ -287,7 +348,7 @@ struct SwiGluAct;
 
 #[inline(always)]
 fn sigmoid<T: Float>(x: T) -> T {
-    T::one() / (T::one() + (T::zero() - x).exp_())
+    T::one() / (T::one() + (T::zero() - x).exp_fast())
 }
 
 impl CustomOp2 for SwiGluAct {
@@ -312,15 +373,16 @@ impl CustomOp2 for SwiGluAct {
             if g.len() != u.len() {
                 bail!("swiglu: gate and up differ in size");
             }
-            let mut y = vec![T::zero(); g.len()];
+            let mut y = uninit::<T>(g.len());
             y.par_chunks_mut(16_384)
                 .zip(g.par_chunks(16_384).zip(u.par_chunks(16_384)))
                 .for_each(|(ys, (gs, us))| {
                     for ((o, &gv), &uv) in ys.iter_mut().zip(gs).zip(us) {
-                        *o = gv * sigmoid(gv) * uv;
+                        o.write(gv * sigmoid(gv) * uv);
                     }
                 });
-            Ok(T::to_cpu_storage_owned(y))
+            // SAFETY: the chunks cover `y`, every element written.
+            Ok(T::to_cpu_storage_owned(unsafe { assume_init(y) }))
         }
         let st = dispatch!(s1.dtype(), go(s1, l1, s2, l2))?;
         Ok((st, l1.shape().clone()))
@@ -337,8 +399,8 @@ impl CustomOp2 for SwiGluAct {
             let (dg, du) = with_data::<T, _>(g, |gs| {
                 with_data::<T, _>(u, |us| {
                     with_data::<T, _>(dy, |ds| {
-                        let mut dg = vec![T::zero(); gs.len()];
-                        let mut du = vec![T::zero(); gs.len()];
+                        let mut dg = uninit::<T>(gs.len());
+                        let mut du = uninit::<T>(gs.len());
                         dg.par_chunks_mut(16_384)
                             .zip(du.par_chunks_mut(16_384))
                             .zip(gs.par_chunks(16_384).zip(us.par_chunks(16_384)))
@@ -349,11 +411,12 @@ impl CustomOp2 for SwiGluAct {
                                 {
                                     let s = sigmoid(gv);
                                     let silu = gv * s;
-                                    *b = d * silu;
-                                    *a = d * uv * s * (T::one() + gv * (T::one() - s));
+                                    b.write(d * silu);
+                                    a.write(d * uv * s * (T::one() + gv * (T::one() - s)));
                                 }
                             });
-                        Ok((dg, du))
+                        // SAFETY: the chunks cover both, every element written.
+                        Ok(unsafe { (assume_init(dg), assume_init(du)) })
                     })
                 })
             })?;
@@ -527,8 +590,8 @@ impl CustomOp1 for CrossEntropy {
                 .par_chunks(v)
                 .zip(t.par_iter())
                 .map(|(row, &ti)| {
-                    let mx = row.iter().fold(T::NEG_INF, |a, &b| a.max_(b));
-                    let sum = row.iter().fold(T::zero(), |a, &b| a + (b - mx).exp_());
+                    let mx = max_lanes(row);
+                    let sum = sum_exp_shift(row, mx);
                     let lse = sum.ln_() + mx;
                     (lse - row[ti as usize], lse.to_f64())
                 })
@@ -548,7 +611,7 @@ impl CustomOp1 for CrossEntropy {
             let v = logits.dim(1)?;
             let d = with_data::<T, _>(logits, |x| {
                 with_data::<T, _>(g, |gs| {
-                    let mut d = vec![T::zero(); x.len()];
+                    let mut d = uninit::<T>(x.len());
                     d.par_chunks_mut(v)
                         .zip(x.par_chunks(v))
                         .zip(gs.par_iter().zip(t.par_iter()).zip(lse.par_iter()))
@@ -556,11 +619,14 @@ impl CustomOp1 for CrossEntropy {
                             // softmax = exp(l − lse)
                             let lse = T::from_f64(lse);
                             for (o, &b) in dr.iter_mut().zip(row) {
-                                *o = (b - lse).exp_() * gi;
+                                o.write((b - lse).exp_fast() * gi);
                             }
-                            dr[ti as usize] -= gi;
+                            let o = &mut dr[ti as usize];
+                            // SAFETY: written just above.
+                            o.write(unsafe { o.assume_init() } - gi);
                         });
-                    Ok(d)
+                    // SAFETY: one chunk per row covers `d`, every element written.
+                    Ok(unsafe { assume_init(d) })
                 })
             })?;
             tensor(d, logits.shape(), logits)
@@ -758,17 +824,19 @@ impl CustomOp2 for LinearOp {
             (m, out, inp): (usize, usize, usize),
         ) -> R<CpuStorage> {
             let (x, w) = (slice::<T>(s1, l1)?, slice::<T>(s2, l2)?);
-            let mut y = vec![T::zero(); m * out];
-            // SAFETY: x is (m, inp), W (out, inp) read as Wᵀ (inp, out), y (m, out).
-            unsafe {
+            let mut y = uninit::<T>(m * out);
+            // SAFETY: x is (m, inp), W (out, inp) read as Wᵀ (inp, out), y (m, out), which the
+            // tiles write entirely (gemm without reading dst).
+            let y = unsafe {
                 mm_tiled(
                     (m, out, inp),
-                    y.as_mut_ptr(),
+                    y.as_mut_ptr() as *mut T,
                     x.as_ptr(),
                     (inp, 1),
                     w.as_ptr(),
                     (1, inp),
-                )
+                );
+                assume_init(y)
             };
             Ok(T::to_cpu_storage_owned(y))
         }
@@ -790,14 +858,15 @@ impl CustomOp2 for LinearOp {
             let (dx, dw) = with_data::<T, _>(x, |xs| {
                 with_data::<T, _>(w, |ws| {
                     with_data::<T, _>(g, |gs| {
-                        let mut dx = vec![T::zero(); m * inp];
-                        let mut dw = vec![T::zero(); out * inp];
-                        // SAFETY: g (m, out), W (out, inp), x (m, inp); dx (m, inp), dW (out, inp).
+                        let mut dx = uninit::<T>(m * inp);
+                        let mut dw = uninit::<T>(out * inp);
+                        // SAFETY: g (m, out), W (out, inp), x (m, inp); dx (m, inp), dW (out, inp),
+                        // both written entirely by the tiles (gemm without reading dst).
                         unsafe {
                             // dx = g · W
                             mm_tiled(
                                 (m, inp, out),
-                                dx.as_mut_ptr(),
+                                dx.as_mut_ptr() as *mut T,
                                 gs.as_ptr(),
                                 (out, 1),
                                 ws.as_ptr(),
@@ -806,14 +875,14 @@ impl CustomOp2 for LinearOp {
                             // dW = gᵀ · x
                             mm_tiled(
                                 (out, inp, m),
-                                dw.as_mut_ptr(),
+                                dw.as_mut_ptr() as *mut T,
                                 gs.as_ptr(),
                                 (1, out),
                                 xs.as_ptr(),
                                 (inp, 1),
                             );
+                            Ok((assume_init(dx), assume_init(dw)))
                         }
-                        Ok((dx, dw))
                     })
                 })
             })?;
@@ -956,7 +1025,8 @@ impl<T> SendPtr<T> {
 }
 
 /// `dst (m × n) = [dst +] lhs (m × k) · rhs (k × n)`, single-threaded; each operand given by its
-/// pointer, row stride and column stride.
+/// pointer, row stride and column stride. Without `acc`, dst is written and never read (k = 0 writes
+/// zeros).
 ///
 /// # Safety
 /// Every operand must be valid for the elements its strides address; `dst` must not alias the others.
@@ -971,7 +1041,7 @@ unsafe fn mm<T: Float>(
     rhs: *const T,
     (r_rs, r_cs): (usize, usize),
 ) {
-    if m == 0 || n == 0 || k == 0 {
+    if m == 0 || n == 0 {
         return;
     }
     // SAFETY: forwarded from the caller.

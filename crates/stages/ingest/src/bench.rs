@@ -7,7 +7,7 @@
 //! `VmHWM` (peak resident set) is the ingest's own peak.
 
 use crate::error::IngestError;
-use crate::stage::{IngestEnv, ingest};
+use crate::stage::{IngestEnv, cpu_seconds, ingest};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -226,8 +226,10 @@ pub fn bench_ingest(opts: &BenchOptions) -> Result<serde_json::Value, IngestErro
         );
     }
     for (phase, s) in &summary.phases {
+        let cpu = summary.phase_cpu.iter().find(|(p, _)| p == phase);
+        let cores = cpu.map_or(String::new(), |(_, c)| format!(" ({c:.2} CPU-s)"));
         println!(
-            "  {:<28} {:>12}",
+            "  {:<28} {:>12}{cores}",
             format!("  {phase} seconds"),
             format!("{s:.2}")
         );
@@ -262,6 +264,7 @@ pub fn bench_ingest(opts: &BenchOptions) -> Result<serde_json::Value, IngestErro
         "mb_in": t.bytes_in as f64 / 1e6,
         "seconds": summary.seconds,
         "phase_seconds": summary.phases.iter().map(|(p, s)| (p.to_string(), *s)).collect::<std::collections::BTreeMap<_, _>>(),
+        "phase_cpu_seconds": summary.phase_cpu.iter().map(|(p, s)| (p.to_string(), *s)).collect::<std::collections::BTreeMap<_, _>>(),
         "mb_per_s": summary.mb_per_s(),
         "cpu_seconds": cpu,
         "cpu_s_per_mb": cpu.map(|c| c / (t.bytes_in as f64 / 1e6).max(1e-9)),
@@ -274,19 +277,6 @@ pub fn bench_ingest(opts: &BenchOptions) -> Result<serde_json::Value, IngestErro
         "shards": summary.manifest.shards.len(),
         "mb_out_on_disk": out_bytes as f64 / 1e6,
     }))
-}
-
-/// CPU seconds (user + system, all threads) this process has used so far, from `/proc/self/stat`
-/// (Linux; `None` elsewhere). The kernel counts them in ticks of 1/100 s (`USER_HZ`).
-fn cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // The fields after the command name (which is in parentheses and may hold spaces):
-    // state is the 3rd field of the line, utime and stime the 14th and 15th.
-    let rest = stat.rsplit_once(')')?.1;
-    let mut fields = rest.split_whitespace().skip(11);
-    let utime: f64 = fields.next()?.parse().ok()?;
-    let stime: f64 = fields.next()?.parse().ok()?;
-    Some((utime + stime) / 100.0)
 }
 
 /// A temporary directory removed on drop (the bench's default workspace).

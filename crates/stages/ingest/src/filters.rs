@@ -248,9 +248,10 @@ impl DocStats {
         line_keys.clear();
 
         // Words (Unicode whitespace separates them): lengths, letters, hashes for the n-gram
-        // rules, and the symbols (`#`, `…`, U+FFFD, `...`). ASCII runs are scanned through a
-        // class table; only non-ASCII characters are decoded. The same scan finds the lines: a
-        // line's trimmed text runs from its first word's start to its last word's end.
+        // rules, and the symbols (`#`, `…`, U+FFFD, `...`). ASCII runs are scanned 16 bytes at
+        // a time (SSE2; a class table elsewhere); only non-ASCII characters are decoded. The
+        // same scan finds the lines: a line's trimmed text runs from its first word's start to
+        // its last word's end.
         let bytes = text.as_bytes();
         let n = bytes.len();
         let decode = |i: usize| text[i..].chars().next().unwrap_or('\u{FFFD}');
@@ -286,14 +287,9 @@ impl DocStats {
             let (mut chars, mut seen, mut alpha) = (0usize, 0u8, false);
             loop {
                 let run = i;
-                while i < n {
-                    let c = CLASS[bytes[i] as usize];
-                    if c & STOP != 0 {
-                        break;
-                    }
-                    seen |= c;
-                    i += 1;
-                }
+                let (end, classes) = ascii_run(bytes, i);
+                i = end;
+                seen |= classes;
                 chars += i - run;
                 if seen & (DOT | HASH) != 0 {
                     st.symbols += ascii_symbols(&bytes[run..i]);
@@ -385,6 +381,69 @@ impl DocStats {
             }
         }
         st
+    }
+}
+
+/// The end of the run of ASCII non-whitespace bytes starting at `i`, and the classes seen in it
+/// (`ALPHA`, and `DOT` for any `.` or `#`).
+#[inline]
+fn ascii_run(bytes: &[u8], mut i: usize) -> (usize, u8) {
+    let mut seen = 0u8;
+    #[cfg(target_arch = "x86_64")]
+    while let Some(chunk) = bytes.get(i..i + 16) {
+        let (stop, letter, sym) = classes16(chunk);
+        let keep = if stop != 0 {
+            (1u32 << stop.trailing_zeros()) - 1
+        } else {
+            0xffff
+        };
+        if letter & keep != 0 {
+            seen |= ALPHA;
+        }
+        if sym & keep != 0 {
+            seen |= DOT;
+        }
+        if stop != 0 {
+            return (i + stop.trailing_zeros() as usize, seen);
+        }
+        i += 16;
+    }
+    while let Some(&b) = bytes.get(i) {
+        let c = CLASS[b as usize];
+        if c & STOP != 0 {
+            break;
+        }
+        seen |= c;
+        i += 1;
+    }
+    (i, seen & (ALPHA | DOT | HASH))
+}
+
+/// Bit masks over 16 bytes: whitespace or non-ASCII (where an ASCII run stops), ASCII letters,
+/// `.` or `#`.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn classes16(chunk: &[u8]) -> (u32, u32, u32) {
+    use std::arch::x86_64::*;
+    assert!(chunk.len() >= 16);
+    // SAFETY: SSE2 is part of the x86_64 baseline; the load reads 16 bytes of `chunk`.
+    unsafe {
+        let v = _mm_loadu_si128(chunk.as_ptr().cast());
+        let set = |b: u8| _mm_set1_epi8(b as i8);
+        // x <= n, unsigned
+        let at_most = |x: __m128i, n: u8| _mm_cmpeq_epi8(_mm_min_epu8(x, set(n)), x);
+        let ws = _mm_or_si128(
+            at_most(_mm_sub_epi8(v, set(9)), 4),
+            _mm_cmpeq_epi8(v, set(b' ')),
+        );
+        let letter = at_most(_mm_sub_epi8(_mm_or_si128(v, set(0x20)), set(b'a')), 25);
+        let sym = _mm_or_si128(_mm_cmpeq_epi8(v, set(b'.')), _mm_cmpeq_epi8(v, set(b'#')));
+        let stop = _mm_or_si128(ws, v); // the sign bit marks bytes >= 0x80
+        (
+            _mm_movemask_epi8(stop) as u32,
+            _mm_movemask_epi8(letter) as u32,
+            _mm_movemask_epi8(sym) as u32,
+        )
     }
 }
 
@@ -599,6 +658,11 @@ mod tests {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        // Words longer than the 16-byte blocks of the ASCII scan, ending in and across blocks.
+        for len in [15, 16, 17, 31, 32, 33, 70] {
+            let w = "ab.".repeat(len).chars().take(len).collect::<String>();
+            docs.push(format!("{w} {w}\u{e9}{w} #{w}... {w}\n{w}"));
+        }
         // Pseudo-random documents from awkward pieces, with repeats (duplicate lines, n-grams).
         let pieces = [
             "the",

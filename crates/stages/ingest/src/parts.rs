@@ -3,15 +3,16 @@
 //!
 //! A part is complete only when its marker exists and matches the input file (size, mtime) and
 //! the configuration; a killed ingest therefore restarts at the first input file whose part is not
-//! complete. Reading and writing run on their own threads; cleaning, filtering and hashing of each
-//! batch of documents run in parallel on the stage's thread pool; rows are written in input order.
+//! complete. Reading and writing run on their own threads, one each for all the files; cleaning,
+//! filtering and hashing of each batch of documents run in parallel on the stage's thread pool;
+//! rows are written in input order.
 
 use crate::clean::{CleanPolicy, Cleaned, clean, clean_str};
 use crate::error::IngestError;
 use crate::filters::{FilterRules, Reason};
 use crate::report::Counts;
 use crate::shards::{PartRow, PartWriter};
-use crate::sources::{InputFile, RawDoc, ReadOptions, read_documents};
+use crate::sources::{InputFile, RawDoc, ReadOptions, ReadSkips, read_documents};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -155,57 +156,277 @@ impl PendingPart {
     }
 }
 
-/// Turns one input file into a part (or, under `on_error = "skip"`, a marker recording that the
-/// file was skipped). Returns the marker and what is left to make the part complete.
-pub fn build_part(
+/// What the reader thread sends: a batch of one file's documents (by index into the files being
+/// built), or the end of that file with how its reading went.
+enum ReadMsg {
+    Batch(usize, Vec<RawDoc>),
+    End(usize, Result<ReadSkips, IngestError>),
+}
+
+/// What the writer thread gets: one file's kept rows, or the end of that file with its counts.
+enum WriteMsg {
+    Rows(usize, Vec<PartRow>),
+    End(usize, Result<ReadSkips, IngestError>, Counts),
+}
+
+/// A finished file (by index), or the error that ends the build.
+type Finished = (usize, Result<(Marker, PendingPart), IngestError>);
+
+/// Turns input files into parts, in order: `files` are `(ordinal, file)` pairs without a complete
+/// part. One reader thread streams the files' documents in batches, the pool cleans, filters and
+/// hashes each batch, one writer thread appends the kept rows to each file's part (in input
+/// order), all three at once and across file boundaries, so the next file is being read while
+/// the last one is written. Each finished file is handed to `done` (ordinal, marker, what is left
+/// to make the part durable) in order; `done` returns `false` to stop. Under `on_error = "skip"`
+/// a file that cannot be read becomes a marker recording the skip.
+///
+/// `cancelled` is asked before each file is processed; a cancelled build stops there with
+/// [`IngestError::Interrupted`] (the files before it are handed to `done` first).
+pub fn build_parts(
     s: &PartSettings,
-    ordinal: u32,
-    file: &InputFile,
+    files: &[(u32, &InputFile)],
     pool: &rayon::ThreadPool,
-) -> Result<(Marker, PendingPart), IngestError> {
-    let name = stem(ordinal, file);
-    let part_file = format!("{name}.parquet");
-    let tmp = s.dir.join(format!("{name}.parquet.tmp"));
-    let mut counts = Counts {
-        files: 1,
-        ..Counts::default()
+    cancelled: &dyn Fn() -> bool,
+    done: &mut dyn FnMut(u32, Marker, PendingPart) -> bool,
+) -> Result<(), IngestError> {
+    if files.is_empty() {
+        return Ok(());
+    }
+    let panicked = |who: &str| IngestError::Write {
+        path: s.dir.clone(),
+        message: format!("the {who} thread panicked"),
     };
-    let result = write_part(s, ordinal, file, pool, &tmp, &mut counts);
-    let rows = match result {
-        Ok(rows) => rows,
-        Err(e) if s.read.on_error == OnError::Skip && e.is_skippable_file_error() => {
-            tracing::warn!("skipping {}: {e}", file.display);
-            let _ = std::fs::remove_file(&tmp);
-            counts = Counts {
-                files: 1,
-                files_skipped: 1,
-                ..Counts::default()
+    std::thread::scope(|scope| -> Result<(), IngestError> {
+        let (tx, rx) = sync_channel::<ReadMsg>(2);
+        let read_opts = s.read;
+        let reader = scope.spawn(move || {
+            for (k, (_, file)) in files.iter().enumerate() {
+                let (mut batch, mut bytes, mut open) = (Vec::new(), 0u64, true);
+                let r = read_documents(file, &read_opts, &mut |d| {
+                    bytes += raw_len(&d);
+                    batch.push(d);
+                    if bytes >= BATCH_BYTES || batch.len() >= BATCH_DOCS {
+                        bytes = 0;
+                        open = tx
+                            .send(ReadMsg::Batch(k, std::mem::take(&mut batch)))
+                            .is_ok();
+                    }
+                    open
+                });
+                let sent = open
+                    && (batch.is_empty() || tx.send(ReadMsg::Batch(k, batch)).is_ok())
+                    && tx.send(ReadMsg::End(k, r)).is_ok();
+                if !sent {
+                    return; // the build stopped
+                }
+            }
+        });
+        let (wtx, wrx) = sync_channel::<WriteMsg>(2);
+        // Unbounded: the writer never waits for the main thread, which waits for the writer.
+        let (ftx, frx) = std::sync::mpsc::channel::<Finished>();
+        let writer = scope.spawn(move || write_parts(s, files, wrx, ftx));
+
+        let mut outcome = Ok(());
+        let mut current = None;
+        let mut counts = Counts::default();
+        // Hands the files the writer has finished to `done`; `false` when the build must stop.
+        let mut deliver = |outcome: &mut Result<(), IngestError>| -> bool {
+            for (k, finished) in frx.try_iter() {
+                match finished {
+                    Ok((marker, pending)) => {
+                        if !done(files[k].0, marker, pending) {
+                            return false;
+                        }
+                    }
+                    Err(e) => {
+                        if outcome.is_ok() {
+                            *outcome = Err(e);
+                        }
+                        return false;
+                    }
+                }
+            }
+            true
+        };
+        for msg in rx.iter() {
+            let k = match &msg {
+                ReadMsg::Batch(k, _) | ReadMsg::End(k, _) => *k,
             };
-            0
+            if current != Some(k) {
+                if cancelled() {
+                    outcome = Err(IngestError::Interrupted);
+                    break;
+                }
+                current = Some(k);
+                counts = Counts {
+                    files: 1,
+                    ..Counts::default()
+                };
+            }
+            let sent = match msg {
+                ReadMsg::Batch(_, batch) => {
+                    let kept = process_batch(s, batch, pool, &mut counts);
+                    wtx.send(WriteMsg::Rows(k, kept)).is_ok()
+                }
+                ReadMsg::End(_, read) => wtx
+                    .send(WriteMsg::End(k, read, std::mem::take(&mut counts)))
+                    .is_ok(),
+            };
+            // A failed send: the writer stopped, and its error is among the finished files.
+            if !sent || !deliver(&mut outcome) {
+                break;
+            }
         }
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
+        drop(rx);
+        drop(wtx);
+        let written = writer.join().map_err(|_| panicked("part writer"));
+        let read = reader.join().map_err(|_| panicked("reader"));
+        deliver(&mut outcome);
+        written?;
+        read?;
+        outcome
+    })
+}
+
+/// Cleans, filters and hashes one batch on the pool; counts what happened and returns the kept
+/// rows in input order.
+fn process_batch(
+    s: &PartSettings,
+    batch: Vec<RawDoc>,
+    pool: &rayon::ThreadPool,
+    counts: &mut Counts,
+) -> Vec<PartRow> {
+    counts.docs_in += batch.len() as u64;
+    counts.bytes_in += batch.iter().map(raw_len).sum::<u64>();
+    let outcomes: Vec<Outcome> =
+        pool.install(|| batch.into_par_iter().map(|d| process(d, s)).collect());
+    let mut kept = Vec::with_capacity(outcomes.len());
+    for o in outcomes {
+        match o {
+            Outcome::Kept { row, repaired } => {
+                counts.invalid_utf8_repaired += u64::from(repaired);
+                counts.docs_kept += 1;
+                counts.bytes_kept += row.text.len() as u64;
+                kept.push(row);
+            }
+            Outcome::InvalidUtf8 => counts.invalid_utf8_dropped += 1,
+            Outcome::Empty { repaired } => {
+                counts.invalid_utf8_repaired += u64::from(repaired);
+                counts.empty += 1;
+            }
+            Outcome::Filtered { reason, repaired } => {
+                counts.invalid_utf8_repaired += u64::from(repaired);
+                *counts
+                    .filtered
+                    .entry(reason.as_str().to_string())
+                    .or_default() += 1;
+            }
         }
+    }
+    kept
+}
+
+/// The writer thread of [`build_parts`]: appends each file's rows to its part and, at the file's
+/// end, closes the part (or, for a file that could not be read, removes it) and sends the marker
+/// and pending part back. Stops at the first error that ends the build (after sending it), and
+/// removes the part of a file it did not see the end of.
+fn write_parts(
+    s: &PartSettings,
+    files: &[(u32, &InputFile)],
+    rx: std::sync::mpsc::Receiver<WriteMsg>,
+    finished: std::sync::mpsc::Sender<Finished>,
+) {
+    let tmp_of = |k: usize| {
+        let (ordinal, file) = files[k];
+        s.dir.join(format!("{}.parquet.tmp", stem(ordinal, file)))
     };
-    let part = (counts.files_skipped == 0).then_some(part_file);
-    let marker = Marker {
-        file_key: file.key(),
-        input: file.display.clone(),
-        input_bytes: file.bytes,
-        input_mtime_ns: mtime_ns(&file.path),
-        config_hash: s.config_hash.clone(),
-        part,
-        rows,
-        counts,
+    let create = |k: usize| {
+        let (ordinal, file) = files[k];
+        PartWriter::create(&tmp_of(k), ordinal, &file.source_name)
     };
-    let pending = PendingPart {
-        tmp,
-        dest: marker.part_path(&s.dir),
-        marker_path: s.dir.join(format!("{name}.done.json")),
-        marker: marker.clone(),
-    };
-    Ok((marker, pending))
+    let mut open: Option<(usize, PartWriter)> = None;
+    for msg in rx {
+        match msg {
+            WriteMsg::Rows(k, rows) => {
+                let pushed = (|| -> Result<(), IngestError> {
+                    if open.as_ref().is_none_or(|(j, _)| *j != k) {
+                        open = Some((k, create(k)?));
+                    }
+                    if let Some((_, w)) = open.as_mut() {
+                        for row in rows {
+                            w.push(row)?;
+                        }
+                    }
+                    Ok(())
+                })();
+                if let Err(e) = pushed {
+                    drop(open.take());
+                    let _ = std::fs::remove_file(tmp_of(k));
+                    let _ = finished.send((k, Err(e)));
+                    return;
+                }
+            }
+            WriteMsg::End(k, read, mut counts) => {
+                // The writer is open for this file unless it kept no rows (or failed to read).
+                let writer = open.take().map(|(_, w)| w);
+                let rows = match read {
+                    Ok(skips) => {
+                        counts.records_skipped +=
+                            skips.malformed + skips.missing_field + skips.too_large;
+                        writer
+                            .map_or_else(|| create(k), Ok)
+                            .and_then(PartWriter::finish)
+                    }
+                    Err(e) => Err(e),
+                };
+                let tmp = tmp_of(k);
+                let (ordinal, file) = files[k];
+                let rows = match rows {
+                    Ok(rows) => rows,
+                    Err(e) if s.read.on_error == OnError::Skip && e.is_skippable_file_error() => {
+                        tracing::warn!("skipping {}: {e}", file.display);
+                        let _ = std::fs::remove_file(&tmp);
+                        counts = Counts {
+                            files: 1,
+                            files_skipped: 1,
+                            ..Counts::default()
+                        };
+                        0
+                    }
+                    Err(e) => {
+                        let _ = std::fs::remove_file(&tmp);
+                        let _ = finished.send((k, Err(e)));
+                        return;
+                    }
+                };
+                let name = stem(ordinal, file);
+                let part = (counts.files_skipped == 0).then(|| format!("{name}.parquet"));
+                let marker = Marker {
+                    file_key: file.key(),
+                    input: file.display.clone(),
+                    input_bytes: file.bytes,
+                    input_mtime_ns: mtime_ns(&file.path),
+                    config_hash: s.config_hash.clone(),
+                    part,
+                    rows,
+                    counts,
+                };
+                let pending = PendingPart {
+                    tmp,
+                    dest: marker.part_path(&s.dir),
+                    marker_path: s.dir.join(format!("{name}.done.json")),
+                    marker: marker.clone(),
+                };
+                if finished.send((k, Ok((marker, pending)))).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    if let Some((k, w)) = open.take() {
+        drop(w);
+        let _ = std::fs::remove_file(tmp_of(k));
+    }
 }
 
 pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), IngestError> {
@@ -214,93 +435,4 @@ pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), IngestError>
     f.write_all(bytes)
         .map_err(|e| IngestError::write(path, e))?;
     f.sync_all().map_err(|e| IngestError::write(path, e))
-}
-
-/// Reads, cleans, filters and writes one file: a reader thread streams batches of documents, the
-/// pool cleans, filters and hashes each batch, a writer thread appends the kept rows to the part
-/// (in input order), all three at once.
-fn write_part(
-    s: &PartSettings,
-    ordinal: u32,
-    file: &InputFile,
-    pool: &rayon::ThreadPool,
-    tmp: &Path,
-    counts: &mut Counts,
-) -> Result<u64, IngestError> {
-    let panicked = |who: &str| IngestError::Write {
-        path: file.path.clone(),
-        message: format!("the {who} thread panicked"),
-    };
-    std::thread::scope(|scope| -> Result<u64, IngestError> {
-        let (tx, rx) = sync_channel::<Vec<RawDoc>>(2);
-        let read_opts = s.read;
-        let reader = scope.spawn(move || {
-            let mut batch = Vec::new();
-            let mut bytes = 0u64;
-            let r = read_documents(file, &read_opts, &mut |d| {
-                bytes += raw_len(&d);
-                batch.push(d);
-                if bytes >= BATCH_BYTES || batch.len() >= BATCH_DOCS {
-                    bytes = 0;
-                    return tx.send(std::mem::take(&mut batch)).is_ok();
-                }
-                true
-            });
-            if !batch.is_empty() {
-                let _ = tx.send(batch);
-            }
-            r
-        });
-        let (wtx, wrx) = sync_channel::<Vec<PartRow>>(2);
-        let source = file.source_name.as_str();
-        let writer = scope.spawn(move || -> Result<u64, IngestError> {
-            let mut w = PartWriter::create(tmp, ordinal, source)?;
-            for rows in wrx {
-                for row in rows {
-                    w.push(row)?;
-                }
-            }
-            w.finish()
-        });
-        for batch in rx.iter() {
-            counts.docs_in += batch.len() as u64;
-            counts.bytes_in += batch.iter().map(raw_len).sum::<u64>();
-            let outcomes: Vec<Outcome> =
-                pool.install(|| batch.into_par_iter().map(|d| process(d, s)).collect());
-            let mut kept = Vec::with_capacity(outcomes.len());
-            for o in outcomes {
-                match o {
-                    Outcome::Kept { row, repaired } => {
-                        counts.invalid_utf8_repaired += u64::from(repaired);
-                        counts.docs_kept += 1;
-                        counts.bytes_kept += row.text.len() as u64;
-                        kept.push(row);
-                    }
-                    Outcome::InvalidUtf8 => counts.invalid_utf8_dropped += 1,
-                    Outcome::Empty { repaired } => {
-                        counts.invalid_utf8_repaired += u64::from(repaired);
-                        counts.empty += 1;
-                    }
-                    Outcome::Filtered { reason, repaired } => {
-                        counts.invalid_utf8_repaired += u64::from(repaired);
-                        *counts
-                            .filtered
-                            .entry(reason.as_str().to_string())
-                            .or_default() += 1;
-                    }
-                }
-            }
-            if wtx.send(kept).is_err() {
-                break; // the writer failed; its error is returned below
-            }
-        }
-        drop(rx);
-        drop(wtx);
-        let written = writer.join().map_err(|_| panicked("part writer"))?;
-        let read = reader.join().map_err(|_| panicked("reader"))?;
-        let rows = written?;
-        let read = read?;
-        counts.records_skipped += read.malformed + read.missing_field + read.too_large;
-        Ok(rows)
-    })
 }

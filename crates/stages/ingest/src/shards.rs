@@ -10,7 +10,10 @@
 
 use crate::dedup::KeepPlan;
 use crate::error::IngestError;
-use arrow::array::{ArrayRef, AsArray, Float64Builder, Int64Builder, StringBuilder, UInt32Builder};
+use arrow::array::{
+    ArrayRef, AsArray, Float64Builder, Int64Builder, StringArray, StringBuilder, UInt32Builder,
+};
+use arrow::buffer::{Buffer, OffsetBuffer, ScalarBuffer};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -97,7 +100,12 @@ pub struct PartWriter {
     rows: u32,
     buf: Vec<PartRow>,
     buf_bytes: usize,
+    /// The text buffer of the last row group, for the next.
+    spare: TextBuf,
 }
+
+/// The column of `text` in [`part_schema`].
+const PART_TEXT_COLUMN: usize = 7;
 
 impl PartWriter {
     pub fn create(path: &Path, part: u32, source: &str) -> Result<PartWriter, IngestError> {
@@ -113,6 +121,7 @@ impl PartWriter {
             rows: 0,
             buf: Vec::new(),
             buf_bytes: 0,
+            spare: TextBuf::default(),
         })
     }
 
@@ -139,7 +148,12 @@ impl PartWriter {
         let mut n_bytes = Int64Builder::with_capacity(n);
         let mut split = StringBuilder::with_capacity(n, n * 5);
         let mut mix_u = Float64Builder::with_capacity(n);
-        let mut text = StringBuilder::with_capacity(n, self.buf_bytes);
+        let mut text = std::mem::take(&mut self.spare);
+        text.values.reserve(self.buf_bytes);
+        text.offsets.reserve(n + 1);
+        if text.offsets.is_empty() {
+            text.offsets.push(0);
+        }
         for r in self.buf.drain(..) {
             part.append_value(self.part);
             row.append_value(self.rows);
@@ -149,7 +163,8 @@ impl PartWriter {
             n_bytes.append_value(r.text.len() as i64);
             split.append_value(if r.val { "val" } else { "train" });
             mix_u.append_value(r.mix_u);
-            text.append_value(&r.text);
+            text.append(&r.text)
+                .map_err(|e| IngestError::write(&self.path, e))?;
         }
         self.buf_bytes = 0;
         let cols: Vec<ArrayRef> = vec![
@@ -167,6 +182,9 @@ impl PartWriter {
         self.writer
             .write(&batch)
             .map_err(|e| IngestError::write(&self.path, e))?;
+        if let Some(spare) = TextBuf::reclaim_column(batch, PART_TEXT_COLUMN) {
+            self.spare = spare;
+        }
         self.writer
             .flush()
             .map_err(|e| IngestError::write(&self.path, e))
@@ -230,28 +248,98 @@ struct OpenShard {
 
 type Chunks = Result<Vec<ArrowColumnChunk>, ParquetError>;
 
-/// A row group being encoded on the pool.
+/// A row group being encoded on the pool; its batch comes back with the chunks, to be reused.
 struct Pending {
     shard: usize,
-    chunks: mpsc::Receiver<Chunks>,
+    chunks: mpsc::Receiver<(Chunks, RecordBatch)>,
+}
+
+/// The values and offsets of a string column, kept from one row group to the next: a row group
+/// holds up to `row_group_bytes` (16 MB) of text, and fresh memory of that size for every group
+/// costs the kernel as much time zeroing pages as copying the text into it.
+#[derive(Default)]
+pub(crate) struct TextBuf {
+    values: Vec<u8>,
+    offsets: Vec<i32>,
+}
+
+impl TextBuf {
+    fn with_capacity(rows: usize, bytes: usize) -> TextBuf {
+        let mut offsets = Vec::with_capacity(rows + 1);
+        offsets.push(0);
+        TextBuf {
+            values: Vec::with_capacity(bytes),
+            offsets,
+        }
+    }
+
+    fn append(&mut self, s: &str) -> Result<(), arrow::error::ArrowError> {
+        self.values.extend_from_slice(s.as_bytes());
+        let end = i32::try_from(self.values.len()).map_err(|_| {
+            arrow::error::ArrowError::InvalidArgumentError(
+                "more than 2 GB of text in one column chunk".to_string(),
+            )
+        })?;
+        self.offsets.push(end);
+        Ok(())
+    }
+
+    /// The collected strings as an array (the buffers move into it, nothing is copied).
+    fn finish(&mut self) -> StringArray {
+        let values = std::mem::take(&mut self.values);
+        let mut offsets = std::mem::take(&mut self.offsets);
+        if offsets.is_empty() {
+            offsets.push(0);
+        }
+        self.offsets.push(0);
+        let offsets = OffsetBuffer::new(ScalarBuffer::from(offsets));
+        debug_assert!(std::str::from_utf8(&values).is_ok());
+        // SAFETY: `values` is a concatenation of `&str`s (`append` is the only way in) and
+        // `offsets` holds 0 and the end of each, so every value is valid UTF-8 and the offsets
+        // are monotonic and in bounds. (`try_new` would validate the text again, a second pass
+        // over every byte.)
+        unsafe { StringArray::new_unchecked(offsets, Buffer::from_vec(values), None) }
+    }
+
+    /// Takes back the buffers of an array made by [`TextBuf::finish`] once nothing else holds
+    /// them (emptied, capacity kept); `None` when they are still shared.
+    fn reclaim(array: StringArray) -> Option<TextBuf> {
+        let (offsets, values, _) = array.into_parts();
+        let mut values = values.into_vec::<u8>().ok()?;
+        let mut offsets = offsets.into_inner().into_inner().into_vec::<i32>().ok()?;
+        values.clear();
+        offsets.clear();
+        offsets.push(0);
+        Some(TextBuf { values, offsets })
+    }
+
+    /// [`TextBuf::reclaim`] of column `index` of `batch` (dropped).
+    fn reclaim_column(batch: RecordBatch, index: usize) -> Option<TextBuf> {
+        let array = batch.column(index).as_string_opt::<i32>()?.clone();
+        drop(batch);
+        TextBuf::reclaim(array)
+    }
 }
 
 /// The rows of the row group being collected.
 struct Rows {
     id: StringBuilder,
     source: StringBuilder,
-    text: StringBuilder,
+    text: TextBuf,
     n_bytes: Int64Builder,
     split: StringBuilder,
     len: usize,
 }
 
+/// The column of `text` in [`shard_schema`].
+const SHARD_TEXT_COLUMN: usize = 2;
+
 impl Rows {
-    fn new(rows: usize, text_bytes: usize) -> Rows {
+    fn new(rows: usize, text: TextBuf) -> Rows {
         Rows {
             id: StringBuilder::with_capacity(rows, rows * 64),
             source: StringBuilder::new(),
-            text: StringBuilder::with_capacity(rows, text_bytes),
+            text,
             n_bytes: Int64Builder::with_capacity(rows),
             split: StringBuilder::new(),
             len: 0,
@@ -306,6 +394,8 @@ pub struct ShardSink<'a> {
     group_bytes: u64,
     group_rows: usize,
     in_flight: VecDeque<Pending>,
+    /// Text buffers of encoded row groups, for the next ones.
+    spare: Vec<TextBuf>,
     open: Option<OpenShard>,
     syncing: Vec<std::thread::JoinHandle<Result<(), IngestError>>>,
 }
@@ -338,7 +428,10 @@ impl<'a> ShardSink<'a> {
             props,
             factory,
             schema,
-            rows: Rows::new(rows_hint.0, rows_hint.1),
+            rows: Rows::new(
+                rows_hint.0,
+                TextBuf::with_capacity(rows_hint.0, rows_hint.1),
+            ),
             rows_hint,
             entries: Vec::new(),
             shard_full: true,
@@ -346,6 +439,7 @@ impl<'a> ShardSink<'a> {
             group_bytes: 0,
             group_rows: 0,
             in_flight: VecDeque::new(),
+            spare: Vec::new(),
             open: None,
             syncing: Vec::new(),
         })
@@ -388,7 +482,9 @@ impl<'a> ShardSink<'a> {
         let r = &mut self.rows;
         r.id.append_value(id);
         r.source.append_value(source);
-        r.text.append_value(text);
+        r.text
+            .append(text)
+            .map_err(|e| IngestError::write(&self.out_dir.join("shards"), e))?;
         r.n_bytes.append_value(n_bytes);
         r.split.append_value(split);
         r.len += 1;
@@ -418,7 +514,11 @@ impl<'a> ShardSink<'a> {
             .rows
             .batch()
             .map_err(|e| IngestError::write(&path, e))?;
-        self.rows = Rows::new(self.rows_hint.0, self.rows_hint.1);
+        let text = self
+            .spare
+            .pop()
+            .unwrap_or_else(|| TextBuf::with_capacity(self.rows_hint.0, self.rows_hint.1));
+        self.rows = Rows::new(self.rows_hint.0, text);
         let writers = self
             .factory
             .create_column_writers(self.groups_in_shard)
@@ -426,7 +526,8 @@ impl<'a> ShardSink<'a> {
         self.groups_in_shard += 1;
         let (tx, rx) = mpsc::sync_channel(1);
         self.pool.spawn(move || {
-            let _ = tx.send(encode(writers, &batch));
+            let chunks = encode(writers, &batch);
+            let _ = tx.send((chunks, batch));
         });
         self.in_flight.push_back(Pending { shard, chunks: rx });
         while self.in_flight.len() > self.pool.current_num_threads() + 1 {
@@ -441,11 +542,14 @@ impl<'a> ShardSink<'a> {
             return Ok(());
         };
         let path = self.shard_path(p.shard);
-        let chunks = p
+        let (chunks, batch) = p
             .chunks
             .recv()
-            .map_err(|_| IngestError::write(&path, "a row group encoder panicked"))?
-            .map_err(|e| IngestError::write(&path, e))?;
+            .map_err(|_| IngestError::write(&path, "a row group encoder panicked"))?;
+        let chunks = chunks.map_err(|e| IngestError::write(&path, e))?;
+        if let Some(text) = TextBuf::reclaim_column(batch, SHARD_TEXT_COLUMN) {
+            self.spare.push(text);
+        }
         if self.open.as_ref().is_some_and(|o| o.index != p.shard) {
             self.close_shard()?;
         }
@@ -591,4 +695,33 @@ pub fn write_shards(
         sink.copy_part(path, plan.rows(*ordinal))?;
     }
     sink.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_buffers_come_back_for_the_next_row_group() {
+        let mut t = TextBuf::with_capacity(4, 1 << 16);
+        for s in ["a", "", "ünï", "code"] {
+            t.append(s).expect("append");
+        }
+        let array = t.finish();
+        assert_eq!(
+            array.iter().flatten().collect::<Vec<_>>(),
+            ["a", "", "ünï", "code"]
+        );
+        let batch =
+            RecordBatch::try_from_iter([("t", Arc::new(array) as ArrayRef)]).expect("batch");
+        let shared = batch.clone();
+        assert!(
+            TextBuf::reclaim_column(batch, 0).is_none(),
+            "not while another batch holds the buffers"
+        );
+        let mut again = TextBuf::reclaim_column(shared, 0).expect("the buffers come back");
+        assert!(again.values.is_empty() && again.values.capacity() >= 1 << 16);
+        again.append("x").expect("append");
+        assert_eq!(again.finish().value(0), "x");
+    }
 }

@@ -101,6 +101,9 @@ pub struct IngestSummary {
     /// Wall seconds of each phase: `parts` (read, clean, filter, write the parts), `plan`
     /// (dedup and mix over the parts' index columns), `shards` (write the output).
     pub phases: Vec<(&'static str, f64)>,
+    /// CPU seconds (all threads of the process) of each phase, where the platform tells
+    /// (`/proc/self/stat`); CPU over wall seconds is how many cores a phase kept busy.
+    pub phase_cpu: Vec<(&'static str, f64)>,
     /// The end-of-run table, as printed.
     pub table: String,
 }
@@ -136,6 +139,7 @@ fn config_hash(cfg: &PipelineConfig, with_shard: bool) -> String {
 /// Runs the whole ingest: sources → parts → dedup/mix plan → shards → manifest.
 pub fn ingest(cfg: &PipelineConfig, env: &IngestEnv<'_>) -> Result<IngestSummary, IngestError> {
     let started = Instant::now();
+    let cpu_started = cpu_seconds();
     let ic = &cfg.ingest;
 
     // 1. The input files of this shard.
@@ -182,7 +186,7 @@ pub fn ingest(cfg: &PipelineConfig, env: &IngestEnv<'_>) -> Result<IngestSummary
     let mut parts: Vec<(u32, PathBuf)> = Vec::new();
     let mut resumed_files = 0;
     // Parts are made durable (fsync, rename, marker) on a thread of their own while the next
-    // file is read; all of them before the dedup reads the parts.
+    // files are read; all of them before the dedup reads the parts.
     std::thread::scope(|scope| -> Result<(), IngestError> {
         let (done_tx, done_rx) = sync_channel::<PendingPart>(4);
         let finisher = scope.spawn(move || -> Result<(), IngestError> {
@@ -191,28 +195,12 @@ pub fn ingest(cfg: &PipelineConfig, env: &IngestEnv<'_>) -> Result<IngestSummary
             }
             Ok(())
         });
-        let made = (|| -> Result<(), IngestError> {
-            for (ordinal, file) in files.iter().enumerate() {
-                if (env.cancelled)() {
-                    return Err(IngestError::Interrupted);
-                }
-                let ordinal = ordinal as u32;
-                let marker = match parts::complete_part(&settings, ordinal, file) {
-                    Some(m) => {
-                        resumed_files += 1;
-                        m
-                    }
-                    None => {
-                        let (marker, pending) = parts::build_part(&settings, ordinal, file, &pool)?;
-                        if done_tx.send(pending).is_err() {
-                            return Ok(()); // the finisher failed: its error is returned below
-                        }
-                        marker
-                    }
-                };
+        let made = {
+            let mut record = |ordinal: u32, marker: &parts::Marker| {
                 if let Some(p) = marker.part_path(&settings.dir) {
                     parts.push((ordinal, p));
                 }
+                let file = &files[ordinal as usize];
                 let c = per_source.entry(file.source_name.clone()).or_default();
                 c.add(&marker.counts);
                 (env.metrics)(
@@ -224,9 +212,33 @@ pub fn ingest(cfg: &PipelineConfig, env: &IngestEnv<'_>) -> Result<IngestSummary
                         ("ingest/elapsed_s", started.elapsed().as_secs_f64()),
                     ],
                 );
+            };
+            let mut to_build = Vec::new();
+            for (ordinal, file) in files.iter().enumerate() {
+                let ordinal = ordinal as u32;
+                match parts::complete_part(&settings, ordinal, file) {
+                    Some(marker) => {
+                        resumed_files += 1;
+                        record(ordinal, &marker);
+                    }
+                    None => to_build.push((ordinal, file)),
+                }
             }
-            Ok(())
-        })();
+            parts::build_parts(
+                &settings,
+                &to_build,
+                &pool,
+                env.cancelled,
+                &mut |ordinal, marker, pending| {
+                    // A failed send: the finisher failed, and its error is returned below.
+                    let sent = done_tx.send(pending).is_ok();
+                    if sent {
+                        record(ordinal, &marker);
+                    }
+                    sent
+                },
+            )
+        };
         drop(done_tx);
         let finished = finisher.join().map_err(|_| IngestError::Write {
             path: settings.dir.clone(),
@@ -234,10 +246,12 @@ pub fn ingest(cfg: &PipelineConfig, env: &IngestEnv<'_>) -> Result<IngestSummary
         })?;
         made.and(finished)
     })?;
+    parts.sort_by_key(|(ordinal, _)| *ordinal);
     if (env.cancelled)() {
         return Err(IngestError::Interrupted);
     }
     let parts_s = started.elapsed().as_secs_f64();
+    let parts_cpu = cpu_seconds();
 
     // 3. Dedup across all sources, split and weighted mix (polars over the parts' index columns).
     let weights: BTreeMap<String, f64> = ic
@@ -260,6 +274,7 @@ pub fn ingest(cfg: &PipelineConfig, env: &IngestEnv<'_>) -> Result<IngestSummary
     // 4. An empty corpus is an error, not an empty artifact.
     let seconds_so_far = started.elapsed().as_secs_f64();
     let plan_s = seconds_so_far - parts_s;
+    let plan_cpu = cpu_seconds();
     if plan.total_rows() == 0 {
         eprintln!("{}", report::table(&per_source, &totals, seconds_so_far));
         return Err(IngestError::EmptyCorpus {
@@ -312,6 +327,12 @@ pub fn ingest(cfg: &PipelineConfig, env: &IngestEnv<'_>) -> Result<IngestSummary
         ("plan", plan_s),
         ("shards", seconds - parts_s - plan_s),
     ];
+    let phase_cpu = match (cpu_started, parts_cpu, plan_cpu, cpu_seconds()) {
+        (Some(a), Some(b), Some(c), Some(d)) => {
+            vec![("parts", b - a), ("plan", c - b), ("shards", d - c)]
+        }
+        _ => Vec::new(),
+    };
     for (name, c) in &per_source {
         log_counts(env, &format!("ingest/source/{name}"), c);
     }
@@ -335,6 +356,7 @@ pub fn ingest(cfg: &PipelineConfig, env: &IngestEnv<'_>) -> Result<IngestSummary
         resumed_files,
         seconds,
         phases,
+        phase_cpu,
         table,
     })
 }
@@ -343,4 +365,17 @@ fn log_counts(env: &IngestEnv<'_>, prefix: &str, c: &Counts) {
     let m = c.metrics(prefix);
     let refs: Vec<(&str, f64)> = m.iter().map(|(k, v)| (k.as_str(), *v)).collect();
     (env.metrics)(0, &refs);
+}
+
+/// CPU seconds (user + system, all threads) this process has used so far, from `/proc/self/stat`
+/// (Linux; `None` elsewhere). The kernel counts them in ticks of 1/100 s (`USER_HZ`).
+pub fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // After the command name (in parentheses, and it may hold spaces) come the state (field 3
+    // of the line) and so on; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: f64 = fields.next()?.parse().ok()?;
+    let stime: f64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) / 100.0)
 }

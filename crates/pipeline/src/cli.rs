@@ -200,9 +200,10 @@ pub enum BenchWhat {
         /// Rayon threads (default: the global pool, RAYON_NUM_THREADS or one per core).
         #[arg(long)]
         threads: Option<usize>,
-        /// fp32 peak for the MFU, GFLOP/s (default: the measured FMA peak of the 2-core dev machine).
-        #[arg(long, default_value_t = tardbot_train::bench::DEFAULT_PEAK_GFLOPS)]
-        peak_gflops: f64,
+        /// fp32 peak for the MFU, GFLOP/s (default: this machine's FMA peak, measured on the
+        /// benchmark's threads right before the timed steps).
+        #[arg(long)]
+        peak_gflops: Option<f64>,
         /// Python with torch: also run the PyTorch peer with the same shapes and print the ratio.
         #[arg(long)]
         peer: Option<PathBuf>,

@@ -16,9 +16,6 @@ use tardbot_model::profile::{self, Counter};
 
 use crate::trainer::{Result, StepTimings, TokenBatch, TrainError, Trainer};
 
-/// Measured fp32 FMA peak of the 2-core development machine (see `shared/bench/README.md`).
-pub const DEFAULT_PEAK_GFLOPS: f64 = 231.0;
-
 /// What to measure.
 #[derive(Clone, Debug)]
 pub struct BenchTrainOptions {
@@ -31,8 +28,9 @@ pub struct BenchTrainOptions {
     pub activation_checkpointing: bool,
     /// Rayon threads (None: the global pool).
     pub threads: Option<usize>,
-    /// fp32 peak the MFU is computed against, GFLOP/s.
-    pub peak_gflops: f64,
+    /// fp32 peak the MFU is computed against, GFLOP/s; `None`: measured on this machine right
+    /// before the timed steps ([`crate::peak::measure`]).
+    pub peak_gflops: Option<f64>,
     pub seed: u64,
     /// Override the preset's `max_experts_in_memory` (below `n_experts`: experts in the store).
     pub max_experts_in_memory: Option<usize>,
@@ -50,7 +48,7 @@ impl Default for BenchTrainOptions {
             warmup: 2,
             activation_checkpointing: false,
             threads: None,
-            peak_gflops: DEFAULT_PEAK_GFLOPS,
+            peak_gflops: None,
             seed: 0,
             max_experts_in_memory: None,
             learnable: false,
@@ -140,6 +138,15 @@ fn run(opts: &BenchTrainOptions) -> Result<serde_json::Value> {
         let r = trainer.train_step(std::slice::from_ref(&batch))?;
         first_loss.get_or_insert(r.loss);
     }
+    // The machine's peak now (a shared host's share moves), unless given.
+    let measured = match opts.peak_gflops {
+        Some(_) => None,
+        None => Some(crate::peak::measure()?),
+    };
+    let peak_gflops = opts
+        .peak_gflops
+        .or(measured.map(|p| p.fma_gflops))
+        .unwrap_or(f64::NAN);
     // Steady state: the optimizer moments are touched by the first update, so measure the peak of
     // the timed steps only (an allocator that returns freed memory shows the steps' own peak).
     let peak_reset = opts.warmup > 0 && reset_peak_rss();
@@ -208,12 +215,25 @@ fn run(opts: &BenchTrainOptions) -> Result<serde_json::Value> {
     );
     println!("  tokens/s             {:>9.1}", tokens_per_s);
     println!(
-        "  model FLOP/s         {:>9.1} GFLOP/s ({:.1} MFLOP/token) = MFU {:.1}% of {:.0} GFLOP/s fp32 peak",
+        "  model FLOP/s         {:>9.1} GFLOP/s ({:.1} MFLOP/token) = MFU {:.1}% of {:.1} GFLOP/s fp32 peak ({})",
         gflops,
         flops / 1e6,
-        100.0 * gflops / opts.peak_gflops,
-        opts.peak_gflops
+        100.0 * gflops / peak_gflops,
+        peak_gflops,
+        if measured.is_some() {
+            "FMA peak measured now on these threads"
+        } else {
+            "given"
+        }
     );
+    if let Some(p) = measured {
+        println!(
+            "  machine sgemm        {:>9.1} GFLOP/s (1024³ through the model's matmul) = {:.0}% of the FMA peak; the model runs at {:.0}% of it",
+            p.sgemm_gflops,
+            100.0 * p.sgemm_gflops / p.fma_gflops,
+            100.0 * gflops / p.sgemm_gflops
+        );
+    }
     println!(
         "  forward              {:>9.1} ms  {:>5.1}%",
         fwd * 1e3,
@@ -302,8 +322,10 @@ fn run(opts: &BenchTrainOptions) -> Result<serde_json::Value> {
         "best_step_s": best[0],
         "tokens_per_s": tokens_per_s,
         "gflops": gflops,
-        "peak_gflops": opts.peak_gflops,
-        "mfu": gflops / opts.peak_gflops,
+        "peak_gflops": peak_gflops,
+        "peak_measured": measured.is_some(),
+        "sgemm_gflops": measured.map(|p| p.sgemm_gflops),
+        "mfu": gflops / peak_gflops,
         "forward_s": fwd,
         "attention_forward_s": attn_fwd,
         "moe_dispatch_forward_s": dispatch_fwd,

@@ -14,6 +14,7 @@
 //!   With `activation_checkpointing` the backward is segmented: the forward keeps only each block's
 //!   input, the backward recomputes one block at a time (tested equal to the whole-graph gradients).
 //! - [`bench`]: `tardbot-pipeline bench train` — tokens/s, MFU, time per phase, peak RSS.
+//! - [`peak`]: this machine's fp32 peak (FMA loop, sgemm), measured where MFU is reported.
 //! - [`expert_checkpoint`]: the expert store's part of a checkpoint (one file per region, unchanged
 //!   regions hard-linked to the previous checkpoint's copies) and its restore.
 //!
@@ -29,6 +30,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod expert_checkpoint;
 pub mod optim;
+pub mod peak;
 pub mod schedule;
 pub mod stage_loop;
 pub mod trainer;

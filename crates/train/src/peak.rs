@@ -149,10 +149,13 @@ mod tests {
     }
 
     #[test]
-    fn measured_peaks_are_positive_and_ordered() {
+    fn measured_peaks_are_positive() {
         let p = measure().unwrap();
         assert!(p.fma_gflops > 0.1 && p.sgemm_gflops > 0.1, "{p:?}");
-        assert!(p.fma_gflops.is_finite() && p.sgemm_gflops.is_finite(), "{p:?}");
+        assert!(
+            p.fma_gflops.is_finite() && p.sgemm_gflops.is_finite(),
+            "{p:?}"
+        );
         assert_eq!(p.threads, rayon::current_num_threads());
     }
 }

@@ -163,6 +163,9 @@ pub enum BenchWhat {
         corpus: Option<PathBuf>,
         #[arg(long, default_value_t = 12)]
         copies: usize,
+        /// zstd level of the output shards (default: the `[ingest]` default).
+        #[arg(long, allow_hyphen_values = true)]
+        zstd_level: Option<i32>,
     },
     /// Tokenizer training on the prose corpus, encode speed against Python tokenizers, packing, loader.
     Tokenize {
@@ -500,10 +503,15 @@ async fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<u8> {
                 BenchWhat::Ledger { rows } => {
                     bench::ledger(rows).await.context("ledger benchmark")?
                 }
-                BenchWhat::Ingest { corpus, copies } => {
+                BenchWhat::Ingest {
+                    corpus,
+                    copies,
+                    zstd_level,
+                } => {
                     let opts = tardbot_ingest::BenchOptions {
                         corpus,
                         copies,
+                        zstd_level,
                         ..Default::default()
                     };
                     tokio::task::spawn_blocking(move || tardbot_ingest::bench_ingest(&opts))

@@ -26,6 +26,8 @@ pub struct BenchOptions {
     pub threads: usize,
     /// Where to put the generated input and the output (a fresh temporary directory when `None`).
     pub dir: Option<PathBuf>,
+    /// zstd level of the output shards (`None`: the `[ingest]` default).
+    pub zstd_level: Option<i32>,
 }
 
 impl Default for BenchOptions {
@@ -35,6 +37,7 @@ impl Default for BenchOptions {
             copies: 12,
             threads: 0,
             dir: None,
+            zstd_level: None,
         }
     }
 }
@@ -168,6 +171,9 @@ pub fn bench_ingest(opts: &BenchOptions) -> Result<serde_json::Value, IngestErro
         message: e.to_string(),
     })?;
     cfg.base_dir = dir.clone();
+    if let Some(level) = opts.zstd_level {
+        cfg.ingest.zstd_level = level;
+    }
     let (out, work) = (dir.join("out"), dir.join("work"));
     for d in [&out, &work] {
         let _ = std::fs::remove_dir_all(d);

@@ -141,13 +141,16 @@ thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
-/// An open-addressing table of 64-bit hashes (linear probing, 0 marks a free slot) with a
-/// `[count, length]` value per key, sized afresh for each document: much cheaper than a general
-/// hash map for the millions of n-grams the rules look at. Keys are hashes: two n-grams (or
-/// lines) are taken as equal when their 64-bit hashes are.
+/// An open-addressing table of 64-bit hashes (linear probing) with a count per key, sized afresh
+/// for each document: much cheaper than a general hash map for the millions of n-grams the rules
+/// look at. A slot is 8 bytes, a tag and a count, so the table of a long document still fits in
+/// the L1 cache: the slot comes from the hash's mixed bits and the tag is its top 32 bits (never
+/// 0, which marks a free slot). Keys are hashes: two n-grams (or lines) are taken as equal when
+/// their hashes land in one probe run with the same tag, about 2⁻³² per pair.
 #[derive(Default)]
 struct Table {
-    slots: Vec<(u64, [u32; 2])>,
+    /// `(tag, count)`; the count is the caller's to keep.
+    slots: Vec<(u32, u32)>,
     shift: u32,
 }
 
@@ -156,21 +159,21 @@ impl Table {
     fn reset(&mut self, n: usize) {
         let bits = (2 * n).max(16).next_power_of_two().trailing_zeros();
         self.slots.clear();
-        self.slots.resize(1 << bits, (0, [0, 0]));
+        self.slots.resize(1 << bits, (0, 0));
         self.shift = 64 - bits;
     }
 
-    /// The slot of `key`, and whether the key was absent (it is inserted, with value 0).
+    /// The slot of `key`, and whether the key was absent (it is inserted, with count 0).
     #[inline]
     fn insert(&mut self, key: u64) -> (usize, bool) {
-        let key = if key == 0 { K } else { key };
+        let tag = ((key >> 32) as u32).max(1);
         let mask = self.slots.len() - 1;
         let mut i = (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize;
         loop {
             match self.slots[i].0 {
-                k if k == key => return (i, false),
+                t if t == tag => return (i, false),
                 0 => {
-                    self.slots[i].0 = key;
+                    self.slots[i].0 = tag;
                     return (i, true);
                 }
                 _ => i = (i + 1) & mask,
@@ -341,12 +344,14 @@ impl DocStats {
             pairs.push(pair);
             let (s, new) = grams.insert(pair);
             slots.push(s as u32);
-            let v = &mut grams.slots[s].1;
+            // Equal 2-grams are equal words, so this occurrence's length is the 2-gram's.
+            let count = &mut grams.slots[s].1;
             if new {
-                *v = [1, lens[i - 1] + lens[i]];
+                *count = 1;
             } else {
-                v[0] += 1;
-                st.top_2gram_chars = st.top_2gram_chars.max(v[0] as usize * v[1] as usize);
+                *count += 1;
+                let chars = *count as usize * (lens[i - 1] + lens[i]) as usize;
+                st.top_2gram_chars = st.top_2gram_chars.max(chars);
             }
         }
 
@@ -357,7 +362,7 @@ impl DocStats {
             candidates.clear();
             let mut run = 0u32; // repeated 2-grams in a row, ending at `j`
             for (j, &s) in slots.iter().enumerate() {
-                run = if grams.slots[s as usize].1[0] >= 2 {
+                run = if grams.slots[s as usize].1 >= 2 {
                     run + 1
                 } else {
                     0

@@ -125,8 +125,8 @@ fn raw_len(d: &RawDoc) -> u64 {
     }
 }
 
-const BATCH_BYTES: u64 = 4 << 20;
-const BATCH_DOCS: usize = 4096;
+const BATCH_BYTES: u64 = 16 << 20;
+const BATCH_DOCS: usize = 16384;
 
 /// A part written but not yet durable. [`PendingPart::complete`] fsyncs it, moves it into place
 /// and then writes its marker, so a marker only ever vouches for a complete part; the ingest runs

@@ -166,6 +166,9 @@ pub enum BenchWhat {
         /// zstd level of the output shards (default: the `[ingest]` default).
         #[arg(long, allow_hyphen_values = true)]
         zstd_level: Option<i32>,
+        /// Ingests of the same input (median and best printed; all must write the same shards).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
     },
     /// Tokenizer training on the prose corpus, encode speed against Python tokenizers, packing, loader.
     Tokenize {
@@ -507,11 +510,13 @@ async fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<u8> {
                     corpus,
                     copies,
                     zstd_level,
+                    runs,
                 } => {
                     let opts = tardbot_ingest::BenchOptions {
                         corpus,
                         copies,
                         zstd_level,
+                        runs,
                         ..Default::default()
                     };
                     tokio::task::spawn_blocking(move || tardbot_ingest::bench_ingest(&opts))

@@ -36,14 +36,14 @@
 //! # Memory model of `describe()`
 //!
 //! Bytes of weights, gradients and AdamW moments are exact (f32: 4 bytes each; AdamW keeps two moments).
-//! Activations are an estimate of what candle's autograd keeps alive for *this* implementation: every
-//! intermediate tensor of the forward stays referenced by the graph until the backward finishes. The
-//! per-token-per-layer element counts are listed in [`ModelConfig::activation_elems_per_token`] and were
-//! checked against measured peak RSS of a CPU training step (see `tardbot-model`'s memory test): the
-//! graph-held estimate was within 5% of the RSS after the forward, and the backward's transient
-//! gradients add about half of it again (counted in `activations`); a fixed 64 MiB covers the allocator
-//! and thread pools.
-//! "Checkpointed" keeps each block's input plus the activations of one block at a time (segmented backward).
+//! Activations are an estimate of what candle's autograd keeps alive for *this* implementation (its
+//! fused CPU kernels): every intermediate tensor of the forward stays referenced by the graph until the
+//! backward finishes. The per-token-per-layer element counts are listed in
+//! [`ModelConfig::activation_elems_per_token`] and were checked against the peak live heap of
+//! `tardbot-pipeline bench train` (within 6% at tiny and mac_nano); an eighth more covers the
+//! backward's transient gradients and allocator slack, and a fixed 64 MiB the thread pools.
+//! "Checkpointed" keeps each block's input plus the larger of the head (logits and their gradient) and
+//! one block's activations (segmented backward).
 //! With `max_experts_in_memory = m < n_experts`, the weights, gradients and moments of at most `m`
 //! experts (across all MoE layers) are in memory at once, plus working copies of the weights and
 //! weight gradients of the expert being computed; the others live in a memory-mapped expert store.
@@ -406,30 +406,32 @@ impl ModelConfig {
         }
     }
 
-    /// Effective number of keys a query block attends to in training (blocked sliding window).
-    fn keys_per_query(&self, seq: usize) -> usize {
-        seq.min(self.window + self.window_stride - 1).max(1)
-    }
-
-    /// Estimated f32 elements candle's autograd keeps per token: (per dense block, per MoE block, outside
-    /// the blocks). Counted from the forward of `tardbot-model` (one entry per kept intermediate):
-    /// - attention: 2 RMSNorm (3H), q/k/v (2H) and their head-major copies (2H), RoPE on q and k (≈4.5H),
-    ///   scaled q (H), merged heads and output projection and residual (3H), plus 5 score-sized tensors
-    ///   (scores, masked, shifted, exp, probabilities) of `n_heads × keys` each;
-    /// - dense SwiGLU: RMSNorm (3H), gate, up, silu, product (4I), down, residual (2H);
-    /// - MoE: RMSNorm (3H), router logits/softmax/z-loss (≈8E), per routed copy (top-k): gathered input (H),
-    ///   SwiGLU (4I + H), weighted output (H); combined output and residual (2H);
-    /// - outside: embedding (H), final norm (3H), logits and the log-softmax of the loss (4V).
-    pub fn activation_elems_per_token(&self, seq: usize) -> (u64, u64, u64) {
+    /// Estimated f32 elements the autograd graph keeps per token: (per dense block, per MoE block,
+    /// outside the blocks). Counted from the forward of `tardbot-model` with its fused CPU kernels
+    /// (one entry per kept intermediate; the fused attention keeps no score-sized tensor, only its
+    /// output and one softmax statistic per head):
+    /// - attention half: RMSNorm (H), the stacked q/k/v projection ((heads + 2 × KV heads) × head
+    ///   dim), attention output (H) and statistics (heads), output projection (H), residual (H);
+    /// - dense SwiGLU half: RMSNorm (H), gate, up, activation (3I), down (H), residual (H);
+    /// - MoE half: RMSNorm (H), router logits and probabilities (≈3E), per routed copy (top-k):
+    ///   gathered input (H), SwiGLU (3I + H), weighted output (H); the concatenated copies (kH),
+    ///   their sum and the residual (2H);
+    /// - outside: embedding (H), final norm (H), logits (V) and, in the backward, their gradient (V).
+    ///
+    /// Measured against the peak live heap of `tardbot-pipeline bench train` (fused kernels,
+    /// batch × 256 tokens): tiny 8 × 256 26.9k predicted vs 28.5k measured elements per token,
+    /// mac_nano 4 × 256 258.7k vs 270k (the rest: transient gradients of the backward).
+    pub fn activation_elems_per_token(&self) -> (u64, u64, u64) {
         let h = self.hidden_size as u64;
         let i = self.intermediate_size as u64;
         let k = self.experts_per_token as u64;
         let e = self.n_experts as u64;
-        let scores = 5 * self.n_heads as u64 * self.keys_per_query(seq) as u64;
-        let attn = 3 * h + 2 * h + 2 * h + 9 * h / 2 + h + 3 * h + scores;
-        let dense = attn + 3 * h + 4 * i + 2 * h;
-        let moe = attn + 3 * h + 8 * e + k * (h + 4 * i + h + h) + 2 * h;
-        let outside = h + 3 * h + 4 * self.vocab_size as u64;
+        let heads = self.n_heads as u64;
+        let qkv = (heads + 2 * self.n_kv_heads as u64) * self.head_dim() as u64;
+        let attn = h + qkv + h + heads + h + h;
+        let dense = attn + h + 3 * i + h + h;
+        let moe = attn + h + 3 * e + k * (h + 3 * i + h + h) + k * h + 2 * h;
+        let outside = h + h + 2 * self.vocab_size as u64;
         (dense, moe, outside)
     }
 
@@ -463,15 +465,18 @@ impl ModelConfig {
             0
         };
         let tokens = (batch * seq) as u64;
-        let (dense, moe, outside) = self.activation_elems_per_token(seq);
+        let (dense, moe, outside) = self.activation_elems_per_token();
         let n_moe = self.n_moe_layers() as u64;
         let n_dense = self.n_layers as u64 - n_moe;
         let full = tokens * (n_dense * dense + n_moe * moe + outside) * F32;
+        // The segmented backward keeps every block's input; the head (logits and their gradient)
+        // and then one recomputed block at a time come on top.
         let ckpt = tokens
-            * (self.n_layers as u64 * self.hidden_size as u64 + dense.max(moe) + outside)
+            * (self.n_layers as u64 * self.hidden_size as u64 + dense.max(moe).max(outside))
             * F32;
-        // The backward's transient gradients were measured at half the graph-held activations.
-        let peak = |kept: u64| kept + kept / 2;
+        // Transient gradients of the backward and allocator slack: measured peak RSS is 6–15% above
+        // the graph-held estimate (tiny, mac_nano; fresh process, allocator purging).
+        let peak = |kept: u64| kept + kept / 8;
         MemoryEstimate {
             weights: (resident + 2 * per_expert) * F32,
             grads: (resident + 2 * per_expert) * F32,

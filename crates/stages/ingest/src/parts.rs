@@ -126,6 +126,7 @@ fn raw_len(d: &RawDoc) -> u64 {
 }
 
 const BATCH_BYTES: u64 = 16 << 20;
+const FIRST_BATCH_BYTES: u64 = 1 << 20;
 const BATCH_DOCS: usize = 16384;
 
 /// A part written but not yet durable. [`PendingPart::complete`] fsyncs it, moves it into place
@@ -200,13 +201,17 @@ pub fn build_parts(
         let (tx, rx) = sync_channel::<ReadMsg>(2);
         let read_opts = s.read;
         let reader = scope.spawn(move || {
+            // The first batches are small so that the pool starts working at once; then they
+            // double up to `BATCH_BYTES` (fewer hand-overs per MB).
+            let mut limit = FIRST_BATCH_BYTES;
             for (k, (_, file)) in files.iter().enumerate() {
                 let (mut batch, mut bytes, mut open) = (Vec::new(), 0u64, true);
                 let r = read_documents(file, &read_opts, &mut |d| {
                     bytes += raw_len(&d);
                     batch.push(d);
-                    if bytes >= BATCH_BYTES || batch.len() >= BATCH_DOCS {
+                    if bytes >= limit || batch.len() >= BATCH_DOCS {
                         bytes = 0;
+                        limit = (2 * limit).min(BATCH_BYTES);
                         open = tx
                             .send(ReadMsg::Batch(k, std::mem::take(&mut batch)))
                             .is_ok();

@@ -12,7 +12,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tardbot_core::config::PipelineConfig;
-use tardbot_core::memory::peak_rss_bytes;
+use tardbot_core::memory::{peak_live_bytes, peak_rss_bytes, reset_peak_live};
 
 /// What to benchmark.
 #[derive(Clone, Debug)]
@@ -201,6 +201,7 @@ pub fn bench_ingest(opts: &BenchOptions) -> Result<serde_json::Value, IngestErro
             metrics: &|_, _| {},
         };
         let cpu_before = cpu_seconds();
+        reset_peak_live();
         let summary = ingest(&cfg, &env)?;
         let cpu = cpu_seconds()
             .zip(cpu_before)
@@ -223,10 +224,17 @@ pub fn bench_ingest(opts: &BenchOptions) -> Result<serde_json::Value, IngestErro
             Some(_) => {}
         }
         eprintln!(
-            "run {}: {:.1} MB/s ({:.2} s)",
+            "run {}: {:.1} MB/s ({:.2} s: {}; peak live heap {:.0} MB)",
             run + 1,
             summary.mb_per_s(),
-            summary.seconds
+            summary.seconds,
+            summary
+                .phases
+                .iter()
+                .map(|(p, s)| format!("{p} {s:.2}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            peak_live_bytes().map_or(f64::NAN, |b| b as f64 / 1e6)
         );
         runs.push((summary.mb_per_s(), cpu));
         last = Some(summary);

@@ -822,3 +822,51 @@ fn fused_attention_is_deterministic() {
         );
     }
 }
+
+/// The vendored candle-core's gradient accumulation (`crates/vendor/README.md`): a variable used by
+/// several ops, through add, sub, mul, div, neg, a broadcast and an index_select (which keeps the
+/// zero base), gets exactly the analytic gradient. Guards the patch when candle-core is updated.
+#[test]
+fn backward_accumulates_every_use_of_a_tensor() {
+    let dev = Device::Cpu;
+    let (xs, ys) = ([1.0f64, 2.0, 3.0], [4.0f64, 5.0, 8.0]);
+    let x = candle_core::Var::new(&xs[..], &dev).unwrap();
+    let y = candle_core::Var::new(&ys[..], &dev).unwrap();
+    let (xt, yt) = (x.as_tensor(), y.as_tensor());
+    let idx = Tensor::new(&[0u32, 0, 2], &dev).unwrap();
+    let s = Tensor::new(2.0f64, &dev).unwrap();
+    // L = Σ x·y + Σ (x − y) + Σ x/y + Σ (−y) + Σ (x + x) + Σ x[[0, 0, 2]] + Σ x·2 (broadcast)
+    let terms = [
+        (xt * yt).unwrap(),
+        (xt - yt).unwrap(),
+        (xt / yt).unwrap(),
+        yt.neg().unwrap(),
+        (xt + xt).unwrap(),
+        xt.index_select(&idx, 0).unwrap(),
+        xt.broadcast_mul(&s).unwrap(),
+    ];
+    let loss = terms
+        .iter()
+        .map(|t| t.sum_all().unwrap())
+        .reduce(|a, b| (a + b).unwrap())
+        .unwrap();
+    let grads = loss.backward().unwrap();
+    let gx = grads.get(xt).unwrap().to_vec1::<f64>().unwrap();
+    let gy = grads.get(yt).unwrap().to_vec1::<f64>().unwrap();
+    let picks = [2.0, 0.0, 1.0];
+    for i in 0..3 {
+        let (x, y) = (xs[i], ys[i]);
+        let want_x = y + 1.0 + 1.0 / y + 2.0 + picks[i] + 2.0;
+        let want_y = x - 1.0 - x / (y * y) - 1.0;
+        assert!(
+            (gx[i] - want_x).abs() < 1e-12,
+            "dx[{i}] {} vs {want_x}",
+            gx[i]
+        );
+        assert!(
+            (gy[i] - want_y).abs() < 1e-12,
+            "dy[{i}] {} vs {want_y}",
+            gy[i]
+        );
+    }
+}

@@ -700,10 +700,10 @@ impl GradStore {
         self.0.insert(id, grad)
     }
 
-    /// Adds `grad` to the gradient of `tensor`: stores it as is when there is none yet (TardBot
-    /// patch: upstream adds every contribution to a fresh tensor of zeros, which costs an
-    /// allocation, a fill and an addition per node of the graph), else replaces the gradient by
-    /// `previous + grad`, the same sum in the same order as upstream.
+    /// Adds `grad` to the gradient of `tensor`: stores it as is (a view made contiguous) when there
+    /// is none yet (TardBot patch: upstream adds every contribution to a fresh tensor of zeros,
+    /// which costs an allocation, a fill and an addition per node of the graph), else replaces the
+    /// gradient by `previous + grad`, the same sum in the same order as upstream.
     fn accumulate(&mut self, tensor: &Tensor, grad: Tensor) -> Result<()> {
         match self.0.entry(tensor.id()) {
             Entry::Occupied(mut entry) => {
@@ -711,6 +711,14 @@ impl GradStore {
                 *entry.get_mut() = sum;
             }
             Entry::Vacant(entry) => {
+                // Upstream's `zeros + grad` always made a fresh contiguous tensor; keep that
+                // invariant for views (broadcasts, transposes), which later ops (`index_add`) and
+                // optimizers may not accept.
+                let grad = if grad.is_contiguous() {
+                    grad
+                } else {
+                    grad.contiguous()?
+                };
                 entry.insert(grad);
             }
         }

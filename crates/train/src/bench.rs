@@ -139,14 +139,13 @@ fn run(opts: &BenchTrainOptions) -> Result<serde_json::Value> {
         first_loss.get_or_insert(r.loss);
     }
     // The machine's peak now (a shared host's share moves), unless given.
-    let measured = match opts.peak_gflops {
-        Some(_) => None,
-        None => Some(crate::peak::measure()?),
+    let (peak_gflops, measured) = match opts.peak_gflops {
+        Some(given) => (given, None),
+        None => {
+            let p = crate::peak::measure()?;
+            (p.fma_gflops, Some(p))
+        }
     };
-    let peak_gflops = opts
-        .peak_gflops
-        .or(measured.map(|p| p.fma_gflops))
-        .unwrap_or(f64::NAN);
     // Steady state: the optimizer moments are touched by the first update, so measure the peak of
     // the timed steps only (an allocator that returns freed memory shows the steps' own peak).
     let peak_reset = opts.warmup > 0 && reset_peak_rss();

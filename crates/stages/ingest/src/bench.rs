@@ -185,7 +185,8 @@ pub fn bench_ingest(opts: &BenchOptions) -> Result<serde_json::Value, IngestErro
         cfg.ingest.zstd_level = level;
     }
     let (out, work) = (dir.join("out"), dir.join("work"));
-    let mut runs: Vec<(f64, Option<f64>)> = Vec::new();
+    let mut speeds: Vec<f64> = Vec::new();
+    let mut cpu = None;
     let mut first_shards: Option<Vec<String>> = None;
     let mut last = None;
     for run in 0..opts.runs.max(1) {
@@ -203,7 +204,7 @@ pub fn bench_ingest(opts: &BenchOptions) -> Result<serde_json::Value, IngestErro
         let cpu_before = cpu_seconds();
         reset_peak_live();
         let summary = ingest(&cfg, &env)?;
-        let cpu = cpu_seconds()
+        cpu = cpu_seconds()
             .zip(cpu_before)
             .map(|(after, before)| after - before);
         // Determinism: every run writes the same shards, byte for byte.
@@ -236,15 +237,14 @@ pub fn bench_ingest(opts: &BenchOptions) -> Result<serde_json::Value, IngestErro
                 .join(", "),
             peak_live_bytes().map_or(f64::NAN, |b| b as f64 / 1e6)
         );
-        runs.push((summary.mb_per_s(), cpu));
+        speeds.push(summary.mb_per_s());
         last = Some(summary);
     }
     let summary = last.ok_or_else(|| IngestError::write(&out, "no run"))?;
-    let mut speeds: Vec<f64> = runs.iter().map(|r| r.0).collect();
-    speeds.sort_by(f64::total_cmp);
-    let median = speeds[speeds.len() / 2];
-    let best = speeds[speeds.len() - 1];
-    let cpu = runs.last().and_then(|r| r.1);
+    let mut sorted = speeds.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    let best = sorted[sorted.len() - 1];
     let t = &summary.manifest.totals;
     let peak = peak_rss_bytes().unwrap_or(0);
     let out_bytes: u64 = summary.manifest.shards.iter().map(|s| s.bytes).sum();
@@ -277,8 +277,9 @@ pub fn bench_ingest(opts: &BenchOptions) -> Result<serde_json::Value, IngestErro
         "  {:<28} {:>12}   (best {best:.1}; runs: {}; identical shards in every run)",
         format!("MB/s median of {}", speeds.len()),
         format!("{median:.1}"),
-        runs.iter()
-            .map(|r| format!("{:.1}", r.0))
+        speeds
+            .iter()
+            .map(|v| format!("{v:.1}"))
             .collect::<Vec<_>>()
             .join(", ")
     );
@@ -336,7 +337,7 @@ pub fn bench_ingest(opts: &BenchOptions) -> Result<serde_json::Value, IngestErro
         "phase_cpu_seconds": summary.phase_cpu.iter().map(|(p, s)| (p.to_string(), *s)).collect::<std::collections::BTreeMap<_, _>>(),
         "mb_per_s": median,
         "mb_per_s_best": best,
-        "mb_per_s_runs": runs.iter().map(|r| r.0).collect::<Vec<_>>(),
+        "mb_per_s_runs": speeds,
         "cpu_seconds": cpu,
         "cpu_s_per_mb": cpu.map(|c| c / (t.bytes_in as f64 / 1e6).max(1e-9)),
         "peak_rss_mb": peak as f64 / 1e6,

@@ -89,10 +89,24 @@ fn cases() -> Vec<Case> {
         },
         Case {
             name: "unknown enum value",
-            text: base("device = \"tpu\"", model, ""),
+            text: base("[execution]\ndevice = \"tpu\"", model, ""),
             marker: "tpu",
-            field: "`device`",
+            field: "`execution.device`",
             message: "unknown variant",
+        },
+        Case {
+            name: "a backend this binary was built without",
+            text: base("[execution]\ndevice = \"cuda\"", model, ""),
+            marker: "cuda",
+            field: "`execution.device`",
+            message: "--features cuda",
+        },
+        Case {
+            name: "a setting that moved to [execution]",
+            text: base("device = \"cpu\"", model, ""),
+            marker: "device",
+            field: "`device`",
+            message: "moved to `[execution]`",
         },
         Case {
             name: "learning rate out of range",

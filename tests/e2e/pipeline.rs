@@ -25,14 +25,15 @@ fn write_config(dir: &Path, max_experts_in_memory: usize) {
     let toml = format!(
         r#"workspace = "work"
 seed = 99
-device = "cpu"
 
-[resources]
+[execution]
+device = "cpu"
 threads = 2
+max_experts_in_memory = {max_experts_in_memory}
 
 [model]
 preset = "micro"
-overrides = {{ max_seq_len = 1024, max_experts_in_memory = {max_experts_in_memory} }}
+overrides = {{ max_seq_len = 1024 }}
 
 [ingest]
 validation_fraction = 0.1

@@ -98,7 +98,7 @@ pub fn workspace_dir(extra: &str) -> tempfile::TempDir {
         r#"workspace = "work"
 seed = 7
 
-[resources]
+[execution]
 threads = 2
 max_parallel_stages = 2
 

@@ -5,15 +5,16 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tardbot_core::PipelineConfig;
-use tardbot_core::stage::{Resources, Stage, StageContext, StageError, StageOutput};
+use tardbot_stage::{Resources, Stage, StageContext, StageError, StageOutput};
 
 pub fn registry() -> tardbot_pipeline::registry::Registry {
-    vec![
+    let stages: Vec<Arc<dyn Stage>> = vec![
         Arc::new(Alpha),
         Arc::new(Slow),
         Arc::new(Side("beta")),
         Arc::new(Side("gamma")),
-    ]
+    ];
+    stages.into()
 }
 
 fn env_u64(name: &str, default: u64) -> u64 {

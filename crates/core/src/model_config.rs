@@ -85,8 +85,6 @@ pub struct ModelConfig {
     pub router_aux_loss_coef: f64,
     /// Weight of the router z-loss (summed over MoE layers).
     pub router_z_loss_coef: f64,
-    /// Experts resident at once when training with the expert store (1..=n_experts).
-    pub max_experts_in_memory: usize,
 }
 
 /// Parameter counts of a configuration.
@@ -213,7 +211,6 @@ impl ModelConfig {
             init_std: 0.02,
             router_aux_loss_coef: 0.01,
             router_z_loss_coef: 0.001,
-            max_experts_in_memory: experts,
         }
     }
 
@@ -241,10 +238,7 @@ impl ModelConfig {
             },
             "mac_base" => Self::base(16, 640, 10, 8, 1280),
             "mac_plus" => Self::base(18, 704, 8, 8, 1408),
-            "expert_75m" => ModelConfig {
-                max_experts_in_memory: 1,
-                ..Self::base(8, 2496, 12, 4, 1024)
-            },
+            "expert_75m" => Self::base(8, 2496, 12, 4, 1024),
             "dense_175m" => ModelConfig {
                 n_dense_layers: 17,
                 ..Self::base(17, 768, 12, 0, 1024)
@@ -254,11 +248,27 @@ impl ModelConfig {
         Some(c)
     }
 
+    /// Reads a `model.json` a training stage published. Files written before `max_experts_in_memory`
+    /// moved to `[execution]` still hold it; it never changed the weights, so it is dropped.
+    pub fn from_json(bytes: &[u8]) -> Result<ModelConfig, String> {
+        let mut v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        if let Some(o) = v.as_object_mut() {
+            o.remove("max_experts_in_memory");
+        }
+        serde_json::from_value(v).map_err(|e| e.to_string())
+    }
+
     /// Applies `[model.overrides]` from pipeline.toml: each key must be a field of `ModelConfig`; the
     /// result must pass [`ModelConfig::validate`].
     pub fn apply_overrides(&mut self, overrides: &toml::Table) -> Result<(), String> {
         let mut table = toml::Table::try_from(&*self).map_err(|e| e.to_string())?;
         for (k, v) in overrides {
+            if k == "max_experts_in_memory" {
+                return Err(format!(
+                    "`{k}` is an execution setting, not a model setting: write it in `[execution]` \
+                     (or `[execution.stages.<stage>]`)"
+                ));
+            }
             if !table.contains_key(k) {
                 return Err(format!("`{k}` is not a model setting"));
             }
@@ -319,12 +329,6 @@ impl ModelConfig {
                 return Err(format!(
                     "`experts_per_token` {} must be in 1..={} (`n_experts`)",
                     self.experts_per_token, self.n_experts
-                ));
-            }
-            if self.max_experts_in_memory == 0 || self.max_experts_in_memory > self.n_experts {
-                return Err(format!(
-                    "`max_experts_in_memory` must be in 1..={}",
-                    self.n_experts
                 ));
             }
         }

@@ -22,7 +22,7 @@ impl ChatModel {
     pub fn load(weights: &Path, model_json: &Path, tokenizer: &Path) -> Result<ChatModel, Error> {
         let cfg_bytes = std::fs::read(model_json)
             .map_err(|e| format!("reading model config {}: {e}", model_json.display()))?;
-        let cfg: ModelConfig = serde_json::from_slice(&cfg_bytes)
+        let cfg = ModelConfig::from_json(&cfg_bytes)
             .map_err(|e| format!("model config {}: {e}", model_json.display()))?;
         let (model, _) = load_model(&cfg, weights, DType::F32, &Device::Cpu)?;
         let tokenizer = tardbot_tokens::tokenizer::load_tokenizer(tokenizer)?;

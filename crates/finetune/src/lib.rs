@@ -1,5 +1,8 @@
-//! The chat fine-tuning recipe shared by the `sft`, `toolcall` and `cot` stages.
+//! The chat fine-tuning stage: one [`ChatStage`] generic over a [`ChatTask`], which is all that differs
+//! between the `sft`, `toolcall` and `cot` stages (their examples, task eval and settings).
 //!
+//! - [`task`]: the [`ChatTask`] trait, the one extension point for chat stages.
+//! - [`stage`]: [`ChatStage`], the stage contract for any task.
 //! - [`example`]: a fine-tuning example (a conversation whose last assistant turn is the target, plus the
 //!   reference a task eval scores against), its JSONL form and the stable train/val split.
 //! - [`recipe`]: the stage recipe (data → shards, train from the upstream model with the shared loop,
@@ -13,10 +16,14 @@
 pub mod chat_model;
 pub mod example;
 pub mod recipe;
+pub mod stage;
+pub mod task;
 
 pub use chat_model::{ChatModel, greedy, respond};
 pub use example::{ChatExample, ExampleError, is_validation, read_jsonl, write_jsonl};
-pub use recipe::{EvalItems, Finetune, Scorer, generate_answers, input_file};
+pub use recipe::{generate_answers, input_file};
+pub use stage::ChatStage;
+pub use task::{BoxError, ChatSettings, ChatTask};
 
 #[cfg(test)]
 mod mask_tests;

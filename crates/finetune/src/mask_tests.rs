@@ -4,7 +4,7 @@
 
 use candle_core::Tensor;
 use tardbot_core::ModelConfig;
-use tardbot_core::config::TrainConfig;
+use tardbot_core::config::{Execution, TrainConfig};
 use tardbot_model::named_vars;
 use tardbot_tokens::chat::{Conversation, Message, Piece, Role, ToolCall, chat_template};
 use tardbot_tokens::loader::Batch;
@@ -71,7 +71,13 @@ fn no_gradient_flows_from_prompt_or_tool_result_tokens() {
     .unwrap();
     let mut cfg = ModelConfig::from_preset("micro").unwrap();
     cfg.vocab_size = VOCAB;
-    let trainer = Trainer::new(&cfg, &TrainConfig::finetune_default(), 7, None).unwrap();
+    let trainer = Trainer::new(
+        &cfg,
+        &TrainConfig::finetune_default(),
+        &Execution::cpu(),
+        7,
+        None,
+    ).unwrap();
     let targets: Vec<u32> = ids[1..].to_vec();
 
     // Every target whose mask is 0 (system, user, tool-result tokens and turn openers) replaced.

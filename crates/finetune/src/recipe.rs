@@ -15,38 +15,18 @@
 
 use crate::chat_model::{greedy, respond};
 use crate::example::{ChatExample, is_validation, write_jsonl};
+use crate::task::ChatTask;
 use std::path::{Path, PathBuf};
 use tardbot_core::ModelConfig;
 use tardbot_core::config::{TaskEvalConfig, TrainConfig};
-use tardbot_core::stage::{StageContext, StageError, StageOutput};
+use tardbot_stage::{StageContext, StageError, StageOutput};
 use tardbot_tokens::LoadedTokenizer;
 use tardbot_tokens::chat::{RenderedChat, render_chat, write_chat_shard};
 use tardbot_tokens::loader::{Loader, LoaderConfig};
 use tardbot_tokens::shard::TokenShard;
-use tardbot_train::stage_loop::{record_val_loss, restore, train_loop};
+use tardbot_train_stage::{record_val_loss, restore, train_loop};
 use tardbot_train::{Trainer, fixed_batches};
 use tracing::info;
-
-/// Scores generated answers: `(example, generated text)` pairs in, named figures out (rates in
-/// [0, 1], e.g. `exact_match`, `valid_json_rate`).
-pub type Scorer = dyn Fn(&[(&ChatExample, String)]) -> Vec<(String, f64)>;
-
-/// What a stage hands to [`run`].
-pub struct Finetune<'a> {
-    /// The stage whose `model` artifact this stage starts from.
-    pub upstream: &'static str,
-    pub train: &'a TrainConfig,
-    pub eval: &'a TaskEvalConfig,
-    pub validation_fraction: f64,
-    pub examples: Vec<ChatExample>,
-    pub scorer: &'a Scorer,
-    /// The task-eval items of one held-out example (default: the example itself). A multi-turn
-    /// example can be asked at several turns, e.g. for its tool call and for its final answer.
-    pub eval_items: Option<&'a EvalItems>,
-}
-
-/// Maps a held-out example to the examples its task eval asks.
-pub type EvalItems = dyn Fn(&ChatExample) -> Vec<ChatExample>;
 
 /// The file of the upstream artifact of `kind` produced by `stage`.
 pub fn input_file(ctx: &StageContext, stage: &str, kind: &str) -> Result<PathBuf, StageError> {
@@ -61,25 +41,28 @@ pub fn input_file(ctx: &StageContext, stage: &str, kind: &str) -> Result<PathBuf
         })
 }
 
-pub fn run(ctx: &StageContext, spec: Finetune) -> Result<StageOutput, StageError> {
-    let cfg = spec.train;
+pub fn run(ctx: &StageContext, task: &dyn ChatTask) -> Result<StageOutput, StageError> {
+    let settings = task.settings(&ctx.config);
+    let cfg = settings.train;
     let seed = ctx.config.seed;
+    let upstream = task.upstream();
 
     // 1. Inputs.
     let tokenizer =
         tardbot_tokens::tokenizer::load_tokenizer(&input_file(ctx, "tokenizer", "tokenizer")?)
             .map_err(StageError::failed)?;
-    let weights = input_file(ctx, spec.upstream, "model")?;
-    let model_json = input_file(ctx, spec.upstream, "model-config")?;
-    let model_cfg: ModelConfig = serde_json::from_slice(&std::fs::read(&model_json)?)
+    let weights = input_file(ctx, upstream, "model")?;
+    let model_json = input_file(ctx, upstream, "model-config")?;
+    let model_cfg = ModelConfig::from_json(&std::fs::read(&model_json)?)
         .map_err(|e| StageError::failed(format!("{}: {e}", model_json.display())))?;
 
     // 2. Data.
+    let examples = task.examples(&ctx.config).map_err(StageError::Failed)?;
     let data = Data::build(
         ctx,
         &tokenizer,
-        spec.examples,
-        spec.validation_fraction,
+        examples,
+        settings.validation_fraction,
         cfg,
     )?;
     let val_batches = fixed_batches(
@@ -91,7 +74,8 @@ pub fn run(ctx: &StageContext, spec: Finetune) -> Result<StageOutput, StageError
     .map_err(StageError::Failed)?;
 
     // 3. Trainer and loader.
-    let mut trainer = Trainer::from_weights(&model_cfg, cfg, &weights, Some(&ctx.work_dir))
+    let exec = ctx.config.execution.for_stage(ctx.stage);
+    let mut trainer = Trainer::from_weights(&model_cfg, cfg, &exec, &weights, Some(&ctx.work_dir))
         .map_err(StageError::failed)?;
     let resumed = ctx.resume.is_some();
     let mut loader = match restore(ctx, &mut trainer, data.open("train", &tokenizer)?)? {
@@ -109,21 +93,18 @@ pub fn run(ctx: &StageContext, spec: Finetune) -> Result<StageOutput, StageError
     ctx.event(
         "finetune_start",
         serde_json::json!({
-            "from": spec.upstream, "step": trainer.step, "train_examples": data.train.len(),
+            "from": upstream, "step": trainer.step, "train_examples": data.train.len(),
             "val_examples": data.val.len(), "too_long": data.too_long,
         }),
     )?;
 
     // 4. Before: the upstream model on this stage's held-out data (once per run).
-    let eval_set: Vec<ChatExample> = eval_sample(&data.val, spec.eval.examples)
+    let eval_set: Vec<ChatExample> = eval_sample(&data.val, settings.eval.examples)
         .iter()
-        .flat_map(|ex| match spec.eval_items {
-            Some(items) => items(ex),
-            None => vec![ex.clone()],
-        })
+        .flat_map(|ex| task.eval_items(ex))
         .collect();
     let task_eval =
-        |trainer: &Trainer| task_eval(ctx, trainer, &tokenizer, &eval_set, spec.eval, spec.scorer);
+        |trainer: &Trainer| task_eval(ctx, trainer, &tokenizer, &eval_set, settings.eval, task);
     if !resumed {
         record_val_loss(ctx, &trainer, &val_batches, None)?;
         task_eval(&trainer)?;
@@ -236,7 +217,7 @@ pub fn task_eval(
     tok: &LoadedTokenizer,
     eval_set: &[ChatExample],
     eval: &TaskEvalConfig,
-    scorer: &Scorer,
+    task: &dyn ChatTask,
 ) -> Result<(), StageError> {
     if eval_set.is_empty() {
         return Ok(());
@@ -244,7 +225,7 @@ pub fn task_eval(
     let answers = generate_answers(&trainer.model, tok, eval_set, eval.max_new_tokens)
         .map_err(StageError::Failed)?;
     let pairs: Vec<(&ChatExample, String)> = eval_set.iter().zip(answers).collect();
-    for (metric, value) in scorer(&pairs) {
+    for (metric, value) in task.score(&pairs) {
         ctx.record_eval(None, trainer.step, ctx.stage, &metric, value, pairs.len())?;
         info!(
             step = trainer.step,

@@ -91,8 +91,9 @@ pub enum Command {
     /// Score a run's model on a file with a stage's task eval; prints and records the figures.
     Eval {
         run: String,
-        #[arg(long, value_enum)]
-        suite: inference::Suite,
+        /// A chat stage's eval suite (`sft`, `toolcall`, `cot` in the shipped pipeline).
+        #[arg(long)]
+        suite: String,
         /// Example JSONL (a stage's examples/val.jsonl), or the suite's source format (BFCL rows for
         /// toolcall, GSM rows for cot).
         #[arg(long)]
@@ -218,7 +219,7 @@ pub enum BenchWhat {
         /// Also measure peak RSS of one step with and without activation checkpointing.
         #[arg(long)]
         memory: bool,
-        /// Override the preset's `max_experts_in_memory` (below its expert count: experts swapped
+        /// Experts resident at once (default: all; below the expert count: experts swapped
         /// through the memory-mapped expert store).
         #[arg(long)]
         max_experts_in_memory: Option<usize>,
@@ -433,7 +434,7 @@ async fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<u8> {
                 Err(code) => return Ok(code),
             };
             let (ledger, run) = inference::open_run(&ws, &run).await?;
-            let m = inference::load_run_model(&ledger, &run, opts.stage.as_deref()).await?;
+            let m = inference::load_run_model(&registry, &ledger, &run, opts.stage.as_deref()).await?;
             inference::generate(&m, &prompt, &opts.options())?;
             Ok(0)
         }
@@ -443,7 +444,7 @@ async fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<u8> {
                 Err(code) => return Ok(code),
             };
             let (ledger, run) = inference::open_run(&ws, &run).await?;
-            let m = inference::load_run_model(&ledger, &run, opts.stage.as_deref()).await?;
+            let m = inference::load_run_model(&registry, &ledger, &run, opts.stage.as_deref()).await?;
             inference::chat(&m, &opts.options())?;
             Ok(0)
         }
@@ -460,8 +461,18 @@ async fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<u8> {
                 Err(code) => return Ok(code),
             };
             let (ledger, run) = inference::open_run(&ws, &run).await?;
-            let m = inference::load_run_model(&ledger, &run, stage.as_deref()).await?;
-            inference::eval(&ledger, &run, &m, suite, &data, limit, max_new_tokens).await?;
+            let m = inference::load_run_model(&registry, &ledger, &run, stage.as_deref()).await?;
+            inference::eval(
+                &registry,
+                &ledger,
+                &run,
+                &m,
+                &suite,
+                &data,
+                limit,
+                max_new_tokens,
+            )
+            .await?;
             Ok(0)
         }
         Command::Runs => {

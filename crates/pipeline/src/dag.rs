@@ -5,7 +5,8 @@
 use crate::registry::Registry;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use tardbot_core::{PipelineConfig, Stage};
+use tardbot_core::PipelineConfig;
+use tardbot_stage::Stage;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DagError {
@@ -44,9 +45,10 @@ pub fn plan(
     config: &PipelineConfig,
     targets: &[String],
 ) -> Result<Plan, DagError> {
-    let by_name: HashMap<&str, &Arc<dyn Stage>> = registry.iter().map(|s| (s.name(), s)).collect();
+    let by_name: HashMap<&str, &Arc<dyn Stage>> = registry.stages.iter().map(|s| (s.name(), s)).collect();
     let known = || {
         registry
+            .stages
             .iter()
             .map(|s| s.name())
             .collect::<Vec<_>>()
@@ -54,6 +56,7 @@ pub fn plan(
     };
     let roots: Vec<&str> = if targets.iter().any(|t| t == "all") {
         registry
+            .stages
             .iter()
             .filter(|s| s.enabled(config))
             .map(|s| s.name())

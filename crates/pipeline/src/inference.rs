@@ -1,17 +1,16 @@
 //! `generate`, `chat` and `eval`: talking to the model a run produced, and scoring it on a file.
 
+use crate::registry::Registry;
 use crate::workspace::Workspace;
 use anyhow::{Context as _, bail};
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use tardbot_core::PipelineConfig;
-use tardbot_finetune::{ChatExample, ChatModel, generate_answers, read_jsonl, respond};
+use tardbot_finetune::{ChatExample, ChatModel, ChatTask, generate_answers, read_jsonl, respond};
 use tardbot_ledger::{AttemptStatus, Eval, Ledger, Run};
 use tardbot_model::SamplingParams;
 use tardbot_tokens::chat::{Conversation, Message, Role};
 
-/// Training stages, last first: the default model of a run is the newest one that finished.
-const MODEL_STAGES: [&str; 4] = ["cot", "toolcall", "sft", "pretrain"];
 
 /// A run's model: which stage produced it, the attempt that trained it, and the loaded model.
 pub struct RunModel {
@@ -20,12 +19,31 @@ pub struct RunModel {
     pub model: ChatModel,
 }
 
+/// The registry's training stages, last first: the default model of a run is the newest one that
+/// finished.
+fn model_stages(registry: &Registry, run: &Run) -> Vec<String> {
+    let cfg = run_config(run);
+    registry
+        .stages
+        .iter()
+        .rev()
+        .map(|s| s.name())
+        .filter(|s| match &cfg {
+            Some(c) => c.training(s).is_some(),
+            None => PipelineConfig::TRAINING_STAGES.contains(s),
+        })
+        .map(str::to_string)
+        .collect()
+}
+
 /// Loads the model of `stage` (default: the newest finished training stage) of a run.
 pub async fn load_run_model(
+    registry: &Registry,
     ledger: &Ledger,
     run: &Run,
     stage: Option<&str>,
 ) -> anyhow::Result<RunModel> {
+    let model_stages = model_stages(registry, run);
     let attempts = ledger.attempts(run.id).await?;
     let finished = |s: &str| {
         attempts
@@ -45,14 +63,15 @@ pub async fn load_run_model(
                 run.name
             ),
         },
-        None => match MODEL_STAGES
+        None => match model_stages
             .iter()
-            .find_map(|s| finished(s).map(|id| (s.to_string(), id)))
+            .find_map(|s| finished(s).map(|id| (s.clone(), id)))
         {
             Some(found) => found,
             None => bail!(
-                "run {} has not finished any training stage yet (pretrain, sft, toolcall, cot)",
-                run.name
+                "run {} has not finished any training stage yet ({})",
+                run.name,
+                model_stages.join(", ")
             ),
         },
     };
@@ -164,27 +183,25 @@ fn stream_answer(m: &RunModel, conv: &Conversation, o: &GenerateOptions) -> anyh
     Ok(answer)
 }
 
-/// Which task eval to run.
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-pub enum Suite {
-    Sft,
-    Toolcall,
-    Cot,
-}
-
-impl Suite {
-    fn name(self) -> &'static str {
-        match self {
-            Suite::Sft => "sft",
-            Suite::Toolcall => "toolcall",
-            Suite::Cot => "cot",
-        }
+/// The chat task whose eval suite `suite` names.
+fn suite<'r>(registry: &'r Registry, suite: &str) -> anyhow::Result<&'r dyn ChatTask> {
+    match registry.chat_task(suite) {
+        Some(t) => Ok(t.as_ref()),
+        None => bail!(
+            "no eval suite `{suite}`; the suites are the chat stages: {}",
+            registry
+                .chat_tasks
+                .iter()
+                .map(|t| t.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     }
 }
 
 /// Reads an eval file: the stage's example JSONL (`{id, kind, conversation, reference}`, e.g. a
 /// stage's `examples/val.jsonl`) or the suite's source format (BFCL rows for toolcall, GSM rows for cot).
-pub fn read_eval_file(suite: Suite, path: &Path) -> anyhow::Result<Vec<ChatExample>> {
+pub fn read_eval_file(task: &dyn ChatTask, path: &Path) -> anyhow::Result<Vec<ChatExample>> {
     let first = std::fs::File::open(path)
         .map(std::io::BufReader::new)
         .with_context(|| format!("opening {}", path.display()))?
@@ -195,39 +212,34 @@ pub fn read_eval_file(suite: Suite, path: &Path) -> anyhow::Result<Vec<ChatExamp
     let is_examples = serde_json::from_str::<serde_json::Value>(&first)
         .map(|v| v.get("conversation").is_some())
         .unwrap_or(false);
-    Ok(match (is_examples, suite) {
-        (true, _) => read_jsonl(path)?,
-        (false, Suite::Toolcall) => tardbot_toolcall::data::bfcl_examples(path)?,
-        (false, Suite::Cot) => tardbot_cot::problems::build_examples(path, 0)?,
-        (false, Suite::Sft) => bail!(
-            "{}: the sft suite reads example JSONL (`{{id, kind, conversation, reference}}`, as in a run's \
-             stages/sft/out/examples/val.jsonl)",
-            path.display()
-        ),
-    })
+    if is_examples {
+        Ok(read_jsonl(path)?)
+    } else {
+        task.read_source_file(path)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| format!("reading {} as {} source rows", path.display(), task.name()))
+    }
 }
 
 /// Scores `examples` with the suite's scorer, prints the figures, records them under the suite
 /// `<suite>:<file name>` on the attempt that trained the model.
+#[allow(clippy::too_many_arguments)]
 pub async fn eval(
+    registry: &Registry,
     ledger: &Ledger,
     run: &Run,
     m: &RunModel,
-    suite: Suite,
+    suite_name: &str,
     data: &Path,
     limit: Option<usize>,
     max_new_tokens: usize,
 ) -> anyhow::Result<Vec<(String, f64)>> {
-    let mut examples = read_eval_file(suite, data)?;
+    let task = suite(registry, suite_name)?;
+    let mut examples = read_eval_file(task, data)?;
     if let Some(n) = limit {
         examples.truncate(n);
     }
-    if let Suite::Toolcall = suite {
-        examples = examples
-            .iter()
-            .flat_map(tardbot_toolcall::stage::eval_items)
-            .collect();
-    }
+    let examples: Vec<ChatExample> = examples.iter().flat_map(|ex| task.eval_items(ex)).collect();
     if examples.is_empty() {
         bail!("{} holds no examples", data.display());
     }
@@ -240,16 +252,12 @@ pub async fn eval(
     )
     .map_err(|e| anyhow::anyhow!("generation failed: {e}"))?;
     let pairs: Vec<(&ChatExample, String)> = examples.iter().zip(answers).collect();
-    let figures = match suite {
-        Suite::Sft => tardbot_sft::stage::score(&pairs),
-        Suite::Toolcall => tardbot_toolcall::stage::score_all(&pairs),
-        Suite::Cot => tardbot_cot::stage::score(&pairs),
-    };
+    let figures = task.score(&pairs);
     let file = data
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let suite_name = format!("{}:{file}", suite.name());
+    let suite_name = format!("{}:{file}", task.name());
     let step = stage_steps(run, &m.stage);
     println!(
         "{} examples of {} on the `{}` model of {} ({:.1}s)",
@@ -276,20 +284,21 @@ pub async fn eval(
     Ok(figures)
 }
 
-/// The configured steps of a training stage in the run's recorded config (the step of its final model).
-fn stage_steps(run: &Run, stage: &str) -> u64 {
-    let cfg = PipelineConfig::from_text(
+/// The run's recorded config, if it still parses.
+fn run_config(run: &Run) -> Option<PipelineConfig> {
+    PipelineConfig::from_text(
         &run.config_toml,
         Path::new("pipeline.toml"),
         Path::new(&run.config_dir),
-    );
-    cfg.map(|c| match stage {
-        "sft" => c.sft.steps,
-        "toolcall" => c.toolcall.steps,
-        "cot" => c.cot.steps,
-        _ => c.pretrain.steps,
-    })
-    .unwrap_or(0)
+    )
+    .ok()
+}
+
+/// The configured steps of a training stage in the run's recorded config (the step of its final model).
+fn stage_steps(run: &Run, stage: &str) -> u64 {
+    run_config(run)
+        .and_then(|c| c.training(stage).map(|t| t.steps))
+        .unwrap_or(0)
 }
 
 /// The workspace's ledger and the named run.

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use tardbot_core::PipelineConfig;
 use tardbot_core::config::ConfigError;
 use tardbot_core::hash;
-use tardbot_core::stage::{CancelToken, Stage, StageContext, StageError, StageOutput};
+use tardbot_stage::{CancelToken, Stage, StageContext, StageError, StageOutput};
 use tardbot_ledger::{
     Artifact, AttemptStatus, Checkpoint, Ledger, LedgerError, MetricsWriter, NewArtifact, NewRun,
     Run, RunStatus,
@@ -239,8 +239,8 @@ impl Orchestrator {
                 slots.insert(stage.name(), Slot::Done(a.status, artifacts));
             }
         }
-        let budget = config.resources.thread_budget();
-        let max_parallel = config.resources.max_parallel_stages.max(1);
+        let budget = config.execution.thread_budget();
+        let max_parallel = config.execution.max_parallel_stages.max(1);
         let mut used_threads = 0;
         let mut exclusive_running = false;
         let mut failed = false;
@@ -268,7 +268,10 @@ impl Orchestrator {
                         started_any = true;
                         continue;
                     }
-                    let res = stage.resources(&config);
+                    let mut res = stage.resources(&config);
+                    if let Some(t) = config.execution.stages.get(name).and_then(|e| e.threads) {
+                        res.threads = t;
+                    }
                     let threads = if res.threads == 0 {
                         budget
                     } else {
@@ -477,7 +480,22 @@ impl AttemptJob {
             tokio::runtime::Handle::current(),
         );
         let stage = Arc::clone(&self.stage);
-        let outcome = tokio::task::spawn_blocking(move || stage.run(&ctx)).await;
+        // Every stage runs in a pool of its threads: the kernels, matmuls and data-parallel loops of
+        // a stage never use more cores than the budget gave it (`[execution] threads`).
+        let outcome = tokio::task::spawn_blocking(move || {
+            match rayon::ThreadPoolBuilder::new()
+                .num_threads(ctx.threads)
+                .thread_name(move |i| format!("{name}-{i}"))
+                .build()
+            {
+                Ok(pool) => pool.install(|| stage.run(&ctx)),
+                Err(e) => Err(StageError::failed(format!(
+                    "cannot start {} threads: {e}",
+                    ctx.threads
+                ))),
+            }
+        })
+        .await;
         let _ = self.metrics.flush().await;
         let elapsed = started.elapsed().as_secs_f64();
 

@@ -18,7 +18,6 @@ pub mod chat;
 pub mod error;
 pub mod loader;
 pub mod pack;
-pub mod rng;
 pub mod shard;
 pub mod special_tokens;
 pub mod tokenizer;

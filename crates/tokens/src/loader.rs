@@ -9,7 +9,7 @@
 //! from a cursor yields exactly the batches the original would have yielded next.
 
 use crate::error::{Result, TokenizeError};
-use crate::rng::{SplitMix64, permutation};
+use tardbot_core::rng::{SplitMix64, permutation};
 use crate::shard::TokenShard;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;

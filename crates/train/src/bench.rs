@@ -11,7 +11,7 @@ use tardbot_core::memory::{
 use candle_core::{Device, Tensor};
 use serde_json::json;
 use tardbot_core::ModelConfig;
-use tardbot_core::config::TrainConfig;
+use tardbot_core::config::{Execution, TrainConfig};
 use tardbot_model::profile::{self, Counter};
 
 use crate::trainer::{Result, StepTimings, TokenBatch, TrainError, Trainer};
@@ -104,15 +104,19 @@ pub fn bench_train(opts: &BenchTrainOptions) -> Result<serde_json::Value> {
 }
 
 fn run(opts: &BenchTrainOptions) -> Result<serde_json::Value> {
-    let mut cfg = ModelConfig::from_preset(&opts.preset).ok_or_else(|| {
+    let cfg = ModelConfig::from_preset(&opts.preset).ok_or_else(|| {
         TrainError::Model(tardbot_model::ModelError::Config(format!(
             "unknown preset `{}`",
             opts.preset
         )))
     })?;
-    if let Some(m) = opts.max_experts_in_memory {
-        cfg.max_experts_in_memory = m;
-        cfg.validate().map_err(tardbot_model::ModelError::Config)?;
+    if let Some(m) = opts.max_experts_in_memory
+        && (m == 0 || m > cfg.n_experts)
+    {
+        return Err(TrainError::Model(tardbot_model::ModelError::Config(format!(
+            "max_experts_in_memory {m} is not in 1..={}",
+            cfg.n_experts
+        ))));
     }
     if opts.batch == 0 || opts.seq == 0 || opts.steps == 0 {
         return Err(TrainError::Model(tardbot_model::ModelError::Input(
@@ -125,12 +129,16 @@ fn run(opts: &BenchTrainOptions) -> Result<serde_json::Value> {
         seq_len: opts.seq,
         lr: 3e-4,
         warmup_steps: 0,
-        activation_checkpointing: opts.activation_checkpointing,
         ..TrainConfig::pretrain_default()
+    };
+    let exec = Execution {
+        max_experts_in_memory: opts.max_experts_in_memory,
+        activation_checkpointing: opts.activation_checkpointing,
+        ..Execution::cpu()
     };
     let rss_before_model = peak_rss_mib();
     let store_dir = BenchDir::new("train")?;
-    let mut trainer = Trainer::new(&cfg, &train, opts.seed, Some(&store_dir.0))?;
+    let mut trainer = Trainer::new(&cfg, &train, &exec, opts.seed, Some(&store_dir.0))?;
     let rss_model = peak_rss_mib();
     let batch = random_batch(&cfg, opts.batch, opts.seq, opts.seed + 1, opts.learnable)?;
     let mut first_loss = None;
@@ -296,7 +304,7 @@ fn run(opts: &BenchTrainOptions) -> Result<serde_json::Value> {
         "  loss                 {:>9.4}   (first step {:.4})",
         last.loss, first_loss
     );
-    let m = cfg.max_experts_in_memory.min(cfg.n_experts);
+    let m = opts.max_experts_in_memory.unwrap_or(cfg.n_experts).min(cfg.n_experts);
     let peak_resident = trainer.model.expert_store().map(|s| s.peak_resident());
     if let Some(peak) = peak_resident {
         println!(

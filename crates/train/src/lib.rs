@@ -23,7 +23,8 @@
 //! a time, and [`optim::AdamW`] updates their regions in place with the resident parameters' step and
 //! clip scale.
 //!
-//! What it does not do (yet): mixed precision (fp32 only on CPU). Data loading belongs to the stages.
+//! What it does not do: run inside a pipeline (the loop over a stage's context, with ledger records,
+//! is `tardbot-train-stage`), load data (the stages do), or mixed precision (yet: fp32 only on CPU).
 
 pub mod batch;
 pub mod bench;
@@ -32,7 +33,6 @@ pub mod expert_checkpoint;
 pub mod optim;
 pub mod peak;
 pub mod schedule;
-pub mod stage_loop;
 pub mod trainer;
 
 pub use batch::{batch_tensors, fixed_batches};

@@ -1,17 +1,20 @@
 //! The `pipeline.toml` schema.
 //!
 //! One section per stage (`[ingest]`, `[tokenizer]`, `[tokenize]`, `[pretrain]`, `[sft]`, `[toolcall]`,
-//! `[cot]`), the model preset with overrides, the device, the workspace directory and the seed.
+//! `[cot]`), the model preset with overrides, the workspace directory and the seed: the recipe. How it
+//! runs (device, threads, expert swapping, activation checkpointing) is `[execution]`, apart.
 //! Every struct denies unknown fields. [`PipelineConfig::load`] reports *every* problem it finds
 //! (syntax, unknown keys, wrong types, semantic checks such as a preset that does not exist or a batch
 //! size of 0) with file, line and field; see [`validate`].
 
+mod execution;
 mod finetune;
 mod ingest;
 mod tokenize;
 mod train;
 pub mod validate;
 
+pub use execution::{Device, Execution, ExecutionConfig, StageExecution};
 pub use finetune::{
     CotDataConfig, FinetuneDataConfig, SftDataConfig, TaskEvalConfig, ToolcallDataConfig,
 };
@@ -33,10 +36,9 @@ pub struct PipelineConfig {
     /// Seed of every random choice in every stage (data order, init, sampling).
     #[serde(default = "default_seed")]
     pub seed: u64,
+    /// How stages run: device, threads, expert swapping, activation checkpointing.
     #[serde(default)]
-    pub device: Device,
-    #[serde(default)]
-    pub resources: ResourcesConfig,
+    pub execution: ExecutionConfig,
     pub model: ModelSection,
     pub ingest: IngestConfig,
     #[serde(default)]
@@ -64,46 +66,6 @@ fn default_workspace() -> PathBuf {
 }
 fn default_seed() -> u64 {
     1234
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Device {
-    #[default]
-    Auto,
-    Cpu,
-    Cuda,
-    Metal,
-}
-
-/// What the orchestrator may use at once. Stages declare what they need; training stages are exclusive.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ResourcesConfig {
-    /// Worker threads shared by concurrently running stages; 0 = every core.
-    pub threads: usize,
-    /// How many independent stages may run at the same time.
-    pub max_parallel_stages: usize,
-}
-
-impl Default for ResourcesConfig {
-    fn default() -> Self {
-        ResourcesConfig {
-            threads: 0,
-            max_parallel_stages: 2,
-        }
-    }
-}
-
-impl ResourcesConfig {
-    /// The thread budget with 0 resolved to the machine's core count.
-    pub fn thread_budget(&self) -> usize {
-        if self.threads > 0 {
-            self.threads
-        } else {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        }
-    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -168,6 +130,20 @@ impl PipelineConfig {
         Ok(m)
     }
 
+    /// The stages that train a model (the sections `[execution.stages.*]` may name).
+    pub const TRAINING_STAGES: [&'static str; 4] = ["pretrain", "sft", "toolcall", "cot"];
+
+    /// The training section of a stage that trains a model (`[pretrain]`, `[sft]`, …).
+    pub fn training(&self, stage: &str) -> Option<&TrainConfig> {
+        match stage {
+            "pretrain" => Some(&self.pretrain),
+            "sft" => Some(&self.sft),
+            "toolcall" => Some(&self.toolcall),
+            "cot" => Some(&self.cot),
+            _ => None,
+        }
+    }
+
     /// Semantic checks beyond the schema; each problem names its field.
     pub(crate) fn check(&self, p: &mut Problems) {
         if !ModelConfig::preset_names().contains(&self.model.preset.as_str()) {
@@ -182,22 +158,16 @@ impl PipelineConfig {
         } else if let Err(e) = self.model_config() {
             p.push("model.overrides", e);
         }
-        if self.resources.max_parallel_stages == 0 {
-            p.push(
-                "resources.max_parallel_stages",
-                "must be at least 1".to_string(),
-            );
-        }
+        let n_experts = self.model_config().ok().map(|m| m.n_experts);
+        self.execution
+            .check(&Self::TRAINING_STAGES, n_experts, p);
         self.ingest.check(self, p);
         self.tokenizer.check(p);
         self.tokenize.check(p);
-        for (name, t) in [
-            ("pretrain", &self.pretrain),
-            ("sft", &self.sft),
-            ("toolcall", &self.toolcall),
-            ("cot", &self.cot),
-        ] {
-            t.check(name, p);
+        for name in Self::TRAINING_STAGES {
+            if let Some(t) = self.training(name) {
+                t.check(name, p);
+            }
         }
         self.data.check(self, p);
     }

@@ -1,4 +1,5 @@
-//! `[pretrain]`, `[sft]`, `[toolcall]`, `[cot]`: the settings every training stage shares.
+//! `[pretrain]`, `[sft]`, `[toolcall]`, `[cot]`: the settings every training stage shares. (How a stage
+//! trains, e.g. activation checkpointing, is `[execution]`: see `execution.rs`.)
 
 use super::validate::Problems;
 use serde::{Deserialize, Serialize};
@@ -37,11 +38,6 @@ pub struct TrainConfig {
     pub eval_every: u64,
     #[serde(default = "default_eval_batches")]
     pub eval_batches: usize,
-    /// Segmented backward: keep only each block's input in the forward and recompute one block at a
-    /// time in the backward (activation memory of one block instead of all; about a third more
-    /// compute). Gradients equal those without it within float tolerance.
-    #[serde(default)]
-    pub activation_checkpointing: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,7 +95,6 @@ impl TrainConfig {
             keep_checkpoints: default_keep(),
             eval_every: default_eval_every(),
             eval_batches: default_eval_batches(),
-            activation_checkpointing: false,
         }
     }
 

@@ -125,7 +125,8 @@ pub(crate) fn parse_and_validate(
                     .span()
                     .map(|s| field_at(doc.get_ref(), s.start))
                     .unwrap_or_default();
-                problems.push(problem(e.span(), field, e.message().trim().to_string()));
+                let message = e.message().trim().to_string() + moved_hint(&field);
+                problems.push(problem(e.span(), field, message));
                 let Some(span) = e.span() else { break None };
                 let line = line_col(text, span.start).0 - 1;
                 if !blanked.insert(line) || problems.len() > 64 {
@@ -152,6 +153,20 @@ pub(crate) fn parse_and_validate(
     problems.sort_by_key(|p| (p.line == 0, p.line, p.column));
     problems.dedup();
     Err(invalid(problems))
+}
+
+/// Where a setting that left the recipe for `[execution]` went, for files written before it moved.
+fn moved_hint(field: &str) -> &'static str {
+    let last = field.rsplit('.').next().unwrap_or_default();
+    if field == "device" {
+        "; `device` moved to `[execution]`"
+    } else if field == "resources" || field.starts_with("resources.") {
+        "; `[resources]` moved to `[execution]` (threads, max_parallel_stages)"
+    } else if last == "activation_checkpointing" {
+        "; `activation_checkpointing` moved to `[execution]` (or `[execution.stages.<stage>]` for one stage)"
+    } else {
+        ""
+    }
 }
 
 /// Blanks a line with spaces (byte offsets of the rest of the file stay valid for the spans of later

@@ -1,60 +1,49 @@
-//! The `cot` stage: fine-tune on worked solutions (reasoning inside think tags, then the answer).
+//! The `cot` task: worked solutions (reasoning inside think tags, then the answer), scored by
+//! final-answer accuracy.
 
 use crate::problems::{answers_match, build_examples, extract_answer};
+use std::path::Path;
 use tardbot_core::PipelineConfig;
-use tardbot_core::stage::{Resources, Stage, StageContext, StageError, StageOutput};
-use tardbot_finetune::{ChatExample, Finetune, recipe};
+use tardbot_finetune::{BoxError, ChatExample, ChatSettings, ChatTask};
 
-pub struct CotStage;
+pub struct CotTask;
 
-impl Stage for CotStage {
+impl ChatTask for CotTask {
     fn name(&self) -> &'static str {
         "cot"
     }
 
-    fn inputs(&self) -> &'static [&'static str] {
-        &["tokenizer", "toolcall"]
+    fn upstream(&self) -> &'static str {
+        "toolcall"
     }
 
-    fn enabled(&self, config: &PipelineConfig) -> bool {
-        config.cot.enabled
-    }
-
-    fn config_slice(&self, config: &PipelineConfig) -> serde_json::Value {
-        serde_json::json!({ "cot": config.cot, "data": config.data.cot, "seed": config.seed })
-    }
-
-    fn resources(&self, _config: &PipelineConfig) -> Resources {
-        Resources {
-            threads: 0,
-            exclusive: true,
+    fn settings<'c>(&self, config: &'c PipelineConfig) -> ChatSettings<'c> {
+        let data = &config.data.cot;
+        ChatSettings {
+            train: &config.cot,
+            data: serde_json::json!(data),
+            eval: &data.eval,
+            validation_fraction: data.validation_fraction,
         }
     }
 
-    fn run(&self, ctx: &StageContext) -> Result<StageOutput, StageError> {
-        let data = &ctx.config.data.cot;
+    fn examples(&self, config: &PipelineConfig) -> Result<Vec<ChatExample>, BoxError> {
+        let data = &config.data.cot;
         let path = data
             .problems
             .as_ref()
-            .map(|p| ctx.config.resolve(p))
-            .ok_or_else(|| {
-                StageError::failed(
-                    "data.cot.problems is not set: the cot stage needs a problems file",
-                )
-            })?;
-        let examples = build_examples(&path, data.limit).map_err(StageError::failed)?;
-        recipe::run(
-            ctx,
-            Finetune {
-                upstream: "toolcall",
-                train: &ctx.config.cot,
-                eval: &data.eval,
-                validation_fraction: data.validation_fraction,
-                examples,
-                scorer: &score,
-                eval_items: None,
-            },
-        )
+            .map(|p| config.resolve(p))
+            .ok_or("data.cot.problems is not set: the cot stage needs a problems file")?;
+        Ok(build_examples(&path, data.limit)?)
+    }
+
+    fn score(&self, pairs: &[(&ChatExample, String)]) -> Vec<(String, f64)> {
+        score(pairs)
+    }
+
+    /// GSM rows (`{question, answer, final_answer}`).
+    fn read_source_file(&self, path: &Path) -> Result<Vec<ChatExample>, BoxError> {
+        Ok(build_examples(path, 0)?)
     }
 }
 

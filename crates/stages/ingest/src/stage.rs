@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::sync_channel;
 use std::time::Instant;
 use tardbot_core::config::PipelineConfig;
-use tardbot_core::stage::{Resources, Stage, StageContext, StageError, StageOutput};
+use tardbot_stage::{Resources, Stage, StageContext, StageError, StageOutput};
 
 /// The `ingest` stage: `[[ingest.sources]]` → `shards/part-NNNNN.parquet` + `manifest.json`.
 pub struct IngestStage;

@@ -2,7 +2,7 @@
 //! loader batches as model inputs.
 
 use std::path::PathBuf;
-use tardbot_core::stage::{StageContext, StageError};
+use tardbot_stage::{StageContext, StageError};
 use tardbot_tokens::Split;
 use tardbot_tokens::shard::TokenShard;
 use tardbot_tokens::shard::shard_split;

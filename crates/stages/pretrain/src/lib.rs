@@ -13,10 +13,10 @@ mod data;
 
 use data::ShardSet;
 use tardbot_core::PipelineConfig;
-use tardbot_core::stage::{Resources, Stage, StageContext, StageError, StageOutput};
+use tardbot_stage::{Resources, Stage, StageContext, StageError, StageOutput};
 use tardbot_tokens::loader::{Loader, LoaderConfig};
 use tardbot_train::Trainer;
-use tardbot_train::stage_loop::{record_val_loss, restore, train_loop};
+use tardbot_train_stage::{record_val_loss, restore, train_loop};
 use tracing::info;
 
 pub struct PretrainStage;
@@ -35,7 +35,11 @@ impl Stage for PretrainStage {
     }
 
     fn config_slice(&self, config: &PipelineConfig) -> serde_json::Value {
-        serde_json::json!({ "model": config.model, "pretrain": config.pretrain, "seed": config.seed })
+        // `[execution]` stays out but for the device: the other settings give the same bits.
+        let device = config.execution.for_stage(self.name()).device;
+        serde_json::json!({
+            "model": config.model, "pretrain": config.pretrain, "seed": config.seed, "device": device,
+        })
     }
 
     fn resources(&self, _config: &PipelineConfig) -> Resources {
@@ -62,8 +66,9 @@ impl Stage for PretrainStage {
         // Model: the preset, with the vocabulary of the trained tokenizer.
         let mut model_cfg = ctx.config.model_config().map_err(StageError::failed)?;
         model_cfg.vocab_size = shards.model_vocab;
-        let mut trainer =
-            Trainer::new(&model_cfg, cfg, seed, Some(&ctx.work_dir)).map_err(StageError::failed)?;
+        let exec = ctx.config.execution.for_stage(ctx.stage);
+        let mut trainer = Trainer::new(&model_cfg, cfg, &exec, seed, Some(&ctx.work_dir))
+            .map_err(StageError::failed)?;
 
         // Resume: weights, moments, step and the loader's cursor.
         let mut loader = match restore(ctx, &mut trainer, shards.open_train()?)? {

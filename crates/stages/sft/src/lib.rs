@@ -2,7 +2,7 @@
 //!
 //! - [`tasks`]: the data builder (templated over a glossary and a verse text, plus generated tasks whose
 //!   answers are computed) and the exact-match scorer.
-//! - [`stage`]: the stage: build examples, fine-tune from `pretrain`, exact-match eval.
+//! - [`stage`]: [`SftTask`], the stage as a chat task (fine-tuned from `pretrain` by `tardbot-finetune`): its examples and exact-match eval.
 //!
 //! What it does not do: the training loop, checkpoints and generation (`tardbot-finetune`,
 //! `tardbot-train`) or the chat template (`tardbot-tokens`).
@@ -10,4 +10,4 @@
 pub mod stage;
 pub mod tasks;
 
-pub use stage::SftStage;
+pub use stage::SftTask;

@@ -1,60 +1,46 @@
-//! The `sft` stage: build the instruction examples, fine-tune the pretrained model on them.
+//! The `sft` task: instruction examples built from a glossary, a verse text and computed tasks,
+//! scored by exact match.
 
 use crate::tasks::{build_examples, exact_match};
 use std::collections::BTreeMap;
 use tardbot_core::PipelineConfig;
-use tardbot_core::stage::{Resources, Stage, StageContext, StageError, StageOutput};
-use tardbot_finetune::{ChatExample, Finetune, recipe};
+use tardbot_finetune::{BoxError, ChatExample, ChatSettings, ChatTask};
 
-pub struct SftStage;
+pub struct SftTask;
 
-impl Stage for SftStage {
+impl ChatTask for SftTask {
     fn name(&self) -> &'static str {
         "sft"
     }
 
-    fn inputs(&self) -> &'static [&'static str] {
-        &["tokenizer", "pretrain"]
+    fn upstream(&self) -> &'static str {
+        "pretrain"
     }
 
-    fn enabled(&self, config: &PipelineConfig) -> bool {
-        config.sft.enabled
-    }
-
-    fn config_slice(&self, config: &PipelineConfig) -> serde_json::Value {
-        serde_json::json!({ "sft": config.sft, "data": config.data.sft, "seed": config.seed })
-    }
-
-    fn resources(&self, _config: &PipelineConfig) -> Resources {
-        Resources {
-            threads: 0,
-            exclusive: true,
+    fn settings<'c>(&self, config: &'c PipelineConfig) -> ChatSettings<'c> {
+        let data = &config.data.sft;
+        ChatSettings {
+            train: &config.sft,
+            data: serde_json::json!(data),
+            eval: &data.eval,
+            validation_fraction: data.validation_fraction,
         }
     }
 
-    fn run(&self, ctx: &StageContext) -> Result<StageOutput, StageError> {
-        let data = &ctx.config.data.sft;
-        let glossary = data.glossary.as_ref().map(|p| ctx.config.resolve(p));
-        let verse = data.verse.as_ref().map(|p| ctx.config.resolve(p));
-        let examples = build_examples(
+    fn examples(&self, config: &PipelineConfig) -> Result<Vec<ChatExample>, BoxError> {
+        let data = &config.data.sft;
+        let glossary = data.glossary.as_ref().map(|p| config.resolve(p));
+        let verse = data.verse.as_ref().map(|p| config.resolve(p));
+        Ok(build_examples(
             glossary.as_deref(),
             verse.as_deref(),
             data.per_kind,
-            ctx.config.seed,
-        )
-        .map_err(StageError::failed)?;
-        recipe::run(
-            ctx,
-            Finetune {
-                upstream: "pretrain",
-                train: &ctx.config.sft,
-                eval: &data.eval,
-                validation_fraction: data.validation_fraction,
-                examples,
-                scorer: &score,
-                eval_items: None,
-            },
-        )
+            config.seed,
+        )?)
+    }
+
+    fn score(&self, pairs: &[(&ChatExample, String)]) -> Vec<(String, f64)> {
+        score(pairs)
     }
 }
 

@@ -27,7 +27,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use tardbot_finetune::ChatExample;
 use tardbot_tokens::chat::{Conversation, Message, Role};
-use tardbot_tokens::rng::{SplitMix64, permutation};
+use tardbot_core::rng::{SplitMix64, permutation};
 
 /// Every task kind, in the order [`build_examples`] emits them.
 pub const KINDS: [&str; 9] = [

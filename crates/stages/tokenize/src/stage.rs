@@ -13,7 +13,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use tardbot_core::config::PipelineConfig;
-use tardbot_core::stage::{Resources, Stage, StageContext, StageError, StageOutput};
+use tardbot_stage::{Resources, Stage, StageContext, StageError, StageOutput};
 use tardbot_tokens::Split;
 use tardbot_tokens::error::{Result, TokenizeError, io_err};
 use tardbot_tokens::pack::{PackStats, pack};

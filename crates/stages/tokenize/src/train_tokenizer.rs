@@ -235,11 +235,11 @@ fn keep(seed: u64, id: &str, fraction: f64) -> bool {
     if fraction >= 1.0 {
         return true;
     }
-    let mut h = tardbot_tokens::rng::SplitMix64::new(seed ^ 0x746f_6b65_6e69_7a65);
+    let mut h = tardbot_core::rng::SplitMix64::new(seed ^ 0x746f_6b65_6e69_7a65);
     for chunk in id.as_bytes().chunks(8) {
         let mut b = [0u8; 8];
         b[..chunk.len()].copy_from_slice(chunk);
-        h = tardbot_tokens::rng::SplitMix64::new(h.next_u64() ^ u64::from_le_bytes(b));
+        h = tardbot_core::rng::SplitMix64::new(h.next_u64() ^ u64::from_le_bytes(b));
     }
     (h.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= fraction
 }

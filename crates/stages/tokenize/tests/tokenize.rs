@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tardbot_core::config::PipelineConfig;
-use tardbot_core::stage::{CancelToken, Stage, StageContext, StageError, StageOutput};
+use tardbot_stage::{CancelToken, Stage, StageContext, StageError, StageOutput};
 use tardbot_ledger::{Artifact, AttemptStatus, Ledger, MetricsWriter, NewRun};
 use tardbot_tokenize::docs::{Doc, write_parquet_shard};
 use tardbot_tokenize::stage::{KIND_TOKEN_SHARD, KIND_TOKENIZER};

@@ -32,7 +32,7 @@ use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use tardbot_finetune::ChatExample;
 use tardbot_tokens::chat::{Conversation, Message, Role, ToolCall};
-use tardbot_tokens::rng::SplitMix64;
+use tardbot_core::rng::SplitMix64;
 use tardbot_tokens::special_tokens::Special;
 
 /// The assistant's answer when none of the tools fits the request.

@@ -4,7 +4,7 @@
 //! - [`schema`]: tool definitions (JSON schema) and validating a call against them.
 //! - [`tools`]: real local tools (calculator, unit converter, lookup) used in generated conversations.
 //! - [`data`]: the data builder (BFCL rows + generated multi-turn conversations) and the call scorer.
-//! - [`stage`]: the stage: build examples, fine-tune from `sft`, tool-call evals.
+//! - [`stage`]: [`ToolcallTask`], the stage as a chat task (fine-tuned from `sft` by `tardbot-finetune`): its examples and tool-call evals.
 //!
 //! What it does not do: the training loop, checkpoints and generation (`tardbot-finetune`,
 //! `tardbot-train`) or the chat template (`tardbot-tokens`).
@@ -15,7 +15,7 @@ pub mod schema;
 pub mod stage;
 pub mod tools;
 
-pub use stage::ToolcallStage;
+pub use stage::ToolcallTask;
 
 pub use call::{CallError, ParsedCall, parse_tool_calls};
 pub use data::{

@@ -1,56 +1,53 @@
-//! The `toolcall` stage: fine-tune on tool calls (BFCL rows and generated multi-turn conversations
+//! The `toolcall` task: fine-tune on tool calls (BFCL rows and generated multi-turn conversations
 //! with real local tools), scored by parsing and validating the generated calls.
 
 use crate::data::{aggregate, bfcl_examples, first_call_example, generated_examples, score};
+use std::path::Path;
 use tardbot_core::PipelineConfig;
-use tardbot_core::stage::{Resources, Stage, StageContext, StageError, StageOutput};
-use tardbot_finetune::{ChatExample, Finetune, recipe};
+use tardbot_finetune::{BoxError, ChatExample, ChatSettings, ChatTask};
 
-pub struct ToolcallStage;
+pub struct ToolcallTask;
 
-impl Stage for ToolcallStage {
+impl ChatTask for ToolcallTask {
     fn name(&self) -> &'static str {
         "toolcall"
     }
 
-    fn inputs(&self) -> &'static [&'static str] {
-        &["tokenizer", "sft"]
+    fn upstream(&self) -> &'static str {
+        "sft"
     }
 
-    fn enabled(&self, config: &PipelineConfig) -> bool {
-        config.toolcall.enabled
-    }
-
-    fn config_slice(&self, config: &PipelineConfig) -> serde_json::Value {
-        serde_json::json!({ "toolcall": config.toolcall, "data": config.data.toolcall, "seed": config.seed })
-    }
-
-    fn resources(&self, _config: &PipelineConfig) -> Resources {
-        Resources {
-            threads: 0,
-            exclusive: true,
+    fn settings<'c>(&self, config: &'c PipelineConfig) -> ChatSettings<'c> {
+        let data = &config.data.toolcall;
+        ChatSettings {
+            train: &config.toolcall,
+            data: serde_json::json!(data),
+            eval: &data.eval,
+            validation_fraction: data.validation_fraction,
         }
     }
 
-    fn run(&self, ctx: &StageContext) -> Result<StageOutput, StageError> {
-        let data = &ctx.config.data.toolcall;
+    fn examples(&self, config: &PipelineConfig) -> Result<Vec<ChatExample>, BoxError> {
+        let data = &config.data.toolcall;
         let mut examples = match &data.bfcl {
-            Some(p) => bfcl_examples(&ctx.config.resolve(p)).map_err(StageError::failed)?,
+            Some(p) => bfcl_examples(&config.resolve(p))?,
             None => Vec::new(),
         };
-        examples.extend(generated_examples(data.generated, ctx.config.seed));
-        recipe::run(
-            ctx,
-            Finetune {
-                upstream: "sft",
-                train: &ctx.config.toolcall,
-                eval: &data.eval,
-                validation_fraction: data.validation_fraction,
-                examples,
-                scorer: &score_all,
-                eval_items: Some(&eval_items),
-            },
-        )
+        examples.extend(generated_examples(data.generated, config.seed));
+        Ok(examples)
+    }
+
+    fn eval_items(&self, example: &ChatExample) -> Vec<ChatExample> {
+        eval_items(example)
+    }
+
+    fn score(&self, pairs: &[(&ChatExample, String)]) -> Vec<(String, f64)> {
+        score_all(pairs)
+    }
+
+    /// BFCL rows (`{id, category, messages, tools, ground_truth, target_calls}`).
+    fn read_source_file(&self, path: &Path) -> Result<Vec<ChatExample>, BoxError> {
+        Ok(bfcl_examples(path)?)
     }
 }
 

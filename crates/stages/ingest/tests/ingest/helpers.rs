@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tardbot_core::config::PipelineConfig;
-use tardbot_core::stage::{CancelToken, Stage, StageContext, StageError, StageOutput};
+use tardbot_stage::{CancelToken, Stage, StageContext, StageError, StageOutput};
 use tardbot_ingest::IngestError;
 use tardbot_ingest::stage::{IngestEnv, IngestSummary, ingest};
 use tardbot_ledger::{AttemptStatus, Ledger, MetricsWriter, NewRun};

@@ -11,12 +11,12 @@
 //! Progress that must survive a crash (checkpoints) goes into [`StageContext::work_dir`], which is kept
 //! across attempts of the stage within a run.
 
-use crate::config::PipelineConfig;
-use crate::hash;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use tardbot_core::PipelineConfig;
+use tardbot_core::hash;
 use tardbot_ledger::{Artifact, Checkpoint, Eval, Ledger, LedgerError, MetricPoint, MetricsWriter};
 
 /// What a stage needs while it runs; the orchestrator never oversubscribes the budget.
@@ -95,7 +95,7 @@ pub trait Stage: Send + Sync + 'static {
     fn name(&self) -> &'static str;
 
     /// Upstream stages whose artifacts this stage consumes (its edges in the DAG).
-    fn inputs(&self) -> &'static [&'static str];
+    fn inputs(&self) -> &[&'static str];
 
     /// Whether `pipeline.toml` enables the stage.
     fn enabled(&self, config: &PipelineConfig) -> bool;

@@ -6,14 +6,15 @@
 //! every `checkpoint_every` steps and on Ctrl-C, retention (the newest `keep_checkpoints` plus the
 //! best: the checkpoint taken at the step with the lowest held-out loss), and the NaN/Inf policy.
 
-use crate::batch::batch_tensors;
-use crate::checkpoint;
-use crate::trainer::{StepReport, TokenBatch, Trainer};
 use std::path::Path;
 use std::time::Instant;
 use tardbot_core::config::TrainConfig;
-use tardbot_core::stage::{StageContext, StageError};
+use tardbot_stage::{StageContext, StageError};
 use tardbot_tokens::loader::{Cursor, Loader};
+use tardbot_train::batch::batch_tensors;
+use tardbot_train::checkpoint;
+use tardbot_train::peak::fma_peak_gflops;
+use tardbot_train::trainer::{StepReport, TokenBatch, Trainer};
 use tardbot_tokens::shard::TokenShard;
 use tracing::info;
 
@@ -147,7 +148,7 @@ pub fn record_val_loss(
 }
 
 /// Per step: losses, gradient norm, LR, throughput and MFU (training FLOPs against the machine's fp32
-/// peak measured once per process, [`crate::peak::fma_peak_gflops`]), and per MoE layer the tokens each expert received, the entropy of
+/// peak measured once per process, [`fma_peak_gflops`]), and per MoE layer the tokens each expert received, the entropy of
 /// that assignment (`router_entropy`, nats; ln(n_experts) is perfectly balanced) and the experts
 /// that received none.
 fn log_step(ctx: &StageContext, step: u64, r: &StepReport, seconds: f64, flops_per_token: f64) {
@@ -162,7 +163,7 @@ fn log_step(ctx: &StageContext, step: u64, r: &StepReport, seconds: f64, flops_p
         ("tokens_per_s".into(), tokens_per_s),
         (
             "mfu".into(),
-            tokens_per_s * flops_per_token / (crate::peak::fma_peak_gflops() * 1e9),
+            tokens_per_s * flops_per_token / (fma_peak_gflops() * 1e9),
         ),
     ];
     for (layer, counts) in r.expert_counts.iter().enumerate() {

@@ -1,4 +1,5 @@
-//! A small deterministic PRNG (SplitMix64): data order must not depend on a library's version.
+//! The one seeded PRNG of the pipeline (SplitMix64): data order, initialisation and sampling must not
+//! depend on a library's version or an unseeded global generator.
 
 #[derive(Clone, Debug)]
 pub struct SplitMix64(u64);
@@ -20,6 +21,18 @@ impl SplitMix64 {
     pub fn below(&mut self, bound: u64) -> u64 {
         ((self.next_u64() as u128 * bound as u128) >> 64) as u64
     }
+
+    /// Uniform in [0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+
+    /// Standard normal (Box–Muller).
+    pub fn normal(&mut self) -> f64 {
+        let u1 = 1.0 - self.uniform(); // (0, 1]
+        let u2 = self.uniform();
+        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    }
 }
 
 /// A seeded Fisher–Yates permutation of `0..n`.
@@ -36,6 +49,17 @@ pub fn permutation(n: usize, seed: u64) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn normal_has_unit_moments_and_is_seeded() {
+        let mut r = SplitMix64::new(7);
+        let xs: Vec<f64> = (0..20_000).map(|_| r.normal()).collect();
+        let mean = xs.iter().sum::<f64>() / xs.len() as f64;
+        let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / xs.len() as f64;
+        assert!(mean.abs() < 0.03, "{mean}");
+        assert!((var - 1.0).abs() < 0.05, "{var}");
+        assert_eq!(SplitMix64::new(7).next_u64(), SplitMix64::new(7).next_u64());
+    }
 
     #[test]
     fn permutation_is_a_seeded_bijection() {

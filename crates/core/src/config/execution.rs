@@ -1,0 +1,261 @@
+//! `[execution]`: how the stages run, apart from what they compute.
+//!
+//! The recipe (data, model shape, training settings) decides a stage's results; these settings decide
+//! where and with how much memory it runs. Those proven to leave every result bit unchanged stay out
+//! of the stages' fingerprints, so changing them reuses cached stages:
+//!
+//! - `max_experts_in_memory` (experts swapped through the memory-mapped store compute the same floats:
+//!   `tardbot-train`'s swapped-vs-resident tests and the e2e kill/resume test);
+//! - `activation_checkpointing` (the segmented backward gives the same gradients:
+//!   `tardbot-train`'s checkpointing tests);
+//! - `threads` (the kernels, matmuls and the optimizer give the same bits on 1 or 2 threads:
+//!   `tardbot-train`'s thread-count test).
+//!
+//! `device` changes results (other kernels, other rounding), so a training stage's fingerprint holds
+//! the resolved device.
+//!
+//! Every setting may be overridden per training stage in `[execution.stages.<stage>]`.
+
+use super::validate::Problems;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExecutionConfig {
+    /// Where training runs: `auto` picks the best backend this binary was built with.
+    pub device: Device,
+    /// Worker threads shared by the stages that run at the same time; 0 = every core.
+    pub threads: usize,
+    /// How many independent stages may run at the same time.
+    pub max_parallel_stages: usize,
+    /// Experts of a MoE layer resident at once while training (1..=n_experts); the others wait in the
+    /// memory-mapped expert store. Unset: every expert resident.
+    pub max_experts_in_memory: Option<usize>,
+    /// Segmented backward: keep only each block's input in the forward and recompute one block at a
+    /// time in the backward (activation memory of one block instead of all, about a third more compute).
+    pub activation_checkpointing: bool,
+    /// Per training stage: `[execution.stages.sft]` overrides the settings above for that stage.
+    pub stages: BTreeMap<String, StageExecution>,
+}
+
+/// The overridable part of [`ExecutionConfig`] for one stage; unset fields inherit.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StageExecution {
+    pub threads: Option<usize>,
+    pub max_experts_in_memory: Option<usize>,
+    pub activation_checkpointing: Option<bool>,
+}
+
+impl Default for ExecutionConfig {
+    fn default() -> Self {
+        ExecutionConfig {
+            device: Device::Auto,
+            threads: 0,
+            max_parallel_stages: 2,
+            max_experts_in_memory: None,
+            activation_checkpointing: false,
+            stages: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+    Metal,
+}
+
+impl Device {
+    /// The backends this binary was built with. Only the CPU today: the `cuda` and `metal` cargo
+    /// features (candle's backends) are what would add the others.
+    pub fn available() -> &'static [Device] {
+        &[Device::Cpu]
+    }
+
+    /// `auto` resolved to the best available backend; `None` for a backend this binary lacks.
+    pub fn resolve(self) -> Option<Device> {
+        match self {
+            Device::Auto => Device::available().first().copied(),
+            d => Device::available().contains(&d).then_some(d),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Device::Auto => "auto",
+            Device::Cpu => "cpu",
+            Device::Cuda => "cuda",
+            Device::Metal => "metal",
+        }
+    }
+}
+
+/// The execution settings of one stage, overrides applied.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Execution {
+    /// Resolved: never `auto` (validation refuses a device the binary lacks).
+    pub device: Device,
+    /// 0 = all of the orchestrator's thread budget.
+    pub threads: usize,
+    /// `None`: every expert resident.
+    pub max_experts_in_memory: Option<usize>,
+    pub activation_checkpointing: bool,
+}
+
+impl Execution {
+    /// Everything resident, no checkpointing, on the CPU (tests, benchmarks).
+    pub fn cpu() -> Self {
+        Execution {
+            device: Device::Cpu,
+            threads: 0,
+            max_experts_in_memory: None,
+            activation_checkpointing: false,
+        }
+    }
+}
+
+impl ExecutionConfig {
+    /// The thread budget with 0 resolved to the machine's core count.
+    pub fn thread_budget(&self) -> usize {
+        if self.threads > 0 {
+            self.threads
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+
+    /// The settings `stage` runs with: `[execution]` with `[execution.stages.<stage>]` applied.
+    pub fn for_stage(&self, stage: &str) -> Execution {
+        let o = self.stages.get(stage).cloned().unwrap_or_default();
+        Execution {
+            device: self.device.resolve().unwrap_or(Device::Cpu),
+            threads: o.threads.unwrap_or(0),
+            max_experts_in_memory: o.max_experts_in_memory.or(self.max_experts_in_memory),
+            activation_checkpointing: o
+                .activation_checkpointing
+                .unwrap_or(self.activation_checkpointing),
+        }
+    }
+
+    /// `training_stages`: the stages `[execution.stages.*]` may name; `n_experts` of the model, to
+    /// bound `max_experts_in_memory`.
+    pub(crate) fn check(&self, training_stages: &[&str], n_experts: Option<usize>, p: &mut Problems) {
+        if self.device.resolve().is_none() {
+            p.push(
+                "execution.device",
+                format!(
+                    "this tardbot-pipeline was built without the `{0}` backend (it has: {1}); \
+                     build it with candle's {0} backend, `cargo build --release --features {0}`, \
+                     or set device = \"cpu\"",
+                    self.device.name(),
+                    Device::available()
+                        .iter()
+                        .map(|d| d.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
+        }
+        if self.max_parallel_stages == 0 {
+            p.push(
+                "execution.max_parallel_stages",
+                "must be at least 1".to_string(),
+            );
+        }
+        let experts = |field: &str, m: Option<usize>, p: &mut Problems| {
+            if let (Some(m), Some(n)) = (m, n_experts)
+                && (m == 0 || (n > 0 && m > n))
+            {
+                p.push(
+                    field,
+                    format!("{m} is not in 1..={n} (the model's experts per MoE layer)"),
+                );
+            }
+        };
+        experts(
+            "execution.max_experts_in_memory",
+            self.max_experts_in_memory,
+            p,
+        );
+        for (stage, o) in &self.stages {
+            if !training_stages.contains(&stage.as_str()) {
+                p.push(
+                    &format!("execution.stages.{stage}"),
+                    format!(
+                        "`{stage}` is not a training stage; per-stage settings apply to: {}",
+                        training_stages.join(", ")
+                    ),
+                );
+            }
+            experts(
+                &format!("execution.stages.{stage}.max_experts_in_memory"),
+                o.max_experts_in_memory,
+                p,
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stage_overrides_inherit_the_rest() {
+        let cfg: ExecutionConfig = toml::from_str(
+            "max_experts_in_memory = 2\n[stages.sft]\nactivation_checkpointing = true\nthreads = 1\n",
+        )
+        .unwrap();
+        let sft = cfg.for_stage("sft");
+        assert_eq!(
+            sft,
+            Execution {
+                device: Device::Cpu,
+                threads: 1,
+                max_experts_in_memory: Some(2),
+                activation_checkpointing: true
+            }
+        );
+        let pretrain = cfg.for_stage("pretrain");
+        assert!(!pretrain.activation_checkpointing);
+        assert_eq!(pretrain.threads, 0);
+        assert_eq!(cfg.max_parallel_stages, 2);
+    }
+
+    #[test]
+    fn a_backend_the_binary_lacks_is_a_problem() {
+        let mut p = Problems::default();
+        let cfg = ExecutionConfig {
+            device: Device::Cuda,
+            ..Default::default()
+        };
+        cfg.check(&["pretrain"], Some(4), &mut p);
+        let text = format!("{p:?}");
+        assert!(text.contains("execution.device") && text.contains("--features cuda"), "{text}");
+        assert_eq!(Device::Auto.resolve(), Some(Device::Cpu));
+    }
+
+    #[test]
+    fn bad_expert_counts_and_stage_names_are_problems() {
+        let mut p = Problems::default();
+        let cfg: ExecutionConfig = toml::from_str(
+            "max_experts_in_memory = 9\n[stages.ingest]\nthreads = 1\n[stages.sft]\nmax_experts_in_memory = 0\n",
+        )
+        .unwrap();
+        cfg.check(&["pretrain", "sft"], Some(4), &mut p);
+        let text = format!("{p:?}");
+        for field in [
+            "execution.max_experts_in_memory",
+            "execution.stages.ingest",
+            "execution.stages.sft.max_experts_in_memory",
+        ] {
+            assert!(text.contains(field), "{field} missing: {text}");
+        }
+    }
+}

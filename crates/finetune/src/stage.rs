@@ -1,0 +1,54 @@
+//! [`ChatStage`]: the one pipeline stage of every chat fine-tuning task.
+
+use crate::recipe;
+use crate::task::ChatTask;
+use std::sync::Arc;
+use tardbot_core::PipelineConfig;
+use tardbot_stage::{Resources, Stage, StageContext, StageError, StageOutput};
+
+/// A [`ChatTask`] as a pipeline stage: consumes the tokenizer and the upstream stage's model, runs
+/// [`recipe::run`].
+pub struct ChatStage {
+    pub task: Arc<dyn ChatTask>,
+    inputs: [&'static str; 2],
+}
+
+impl ChatStage {
+    pub fn new(task: Arc<dyn ChatTask>) -> Self {
+        let inputs = ["tokenizer", task.upstream()];
+        ChatStage { task, inputs }
+    }
+}
+
+impl Stage for ChatStage {
+    fn name(&self) -> &'static str {
+        self.task.name()
+    }
+
+    fn inputs(&self) -> &[&'static str] {
+        &self.inputs
+    }
+
+    fn enabled(&self, config: &PipelineConfig) -> bool {
+        self.task.settings(config).train.enabled
+    }
+
+    fn config_slice(&self, config: &PipelineConfig) -> serde_json::Value {
+        let s = self.task.settings(config);
+        let device = config.execution.for_stage(self.name()).device;
+        serde_json::json!({
+            self.name(): s.train, "data": s.data, "seed": config.seed, "device": device,
+        })
+    }
+
+    fn resources(&self, _config: &PipelineConfig) -> Resources {
+        Resources {
+            threads: 0,
+            exclusive: true,
+        }
+    }
+
+    fn run(&self, ctx: &StageContext) -> Result<StageOutput, StageError> {
+        recipe::run(ctx, self.task.as_ref())
+    }
+}

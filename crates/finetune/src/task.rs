@@ -1,0 +1,60 @@
+//! [`ChatTask`]: what one chat fine-tuning stage adds to the shared recipe. Everything else (the
+//! split, rendering, packing, training from the upstream model, evals before and after, publishing,
+//! the stage contract) is [`ChatStage`](crate::ChatStage), the same for every task.
+
+use crate::example::ChatExample;
+use std::path::Path;
+use tardbot_core::PipelineConfig;
+use tardbot_core::config::{TaskEvalConfig, TrainConfig};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A chat fine-tuning task: its data, its task eval and where its settings are.
+///
+/// Adding a chat stage is a crate with one `ChatTask`, one line in `tardbot-pipeline`'s registry
+/// (`chat(MyTask)`), and its sections in `pipeline.toml` (see the README, "Adding a stage").
+pub trait ChatTask: Send + Sync + 'static {
+    /// The stage's name: its `pipeline.toml` sections, its name in the ledger, its eval suite.
+    fn name(&self) -> &'static str;
+
+    /// The training stage whose published model this stage starts from.
+    fn upstream(&self) -> &'static str;
+
+    /// The stage's settings in `config`.
+    fn settings<'c>(&self, config: &'c PipelineConfig) -> ChatSettings<'c>;
+
+    /// Builds every example (train and held-out), deterministically from `config.seed`.
+    fn examples(&self, config: &PipelineConfig) -> Result<Vec<ChatExample>, BoxError>;
+
+    /// The task-eval items one held-out example is asked as (default: the example itself); a
+    /// multi-turn example can be asked at several turns.
+    fn eval_items(&self, example: &ChatExample) -> Vec<ChatExample> {
+        vec![example.clone()]
+    }
+
+    /// Scores generated answers: `(example, generated text)` in, named figures out (rates in [0, 1]).
+    fn score(&self, pairs: &[(&ChatExample, String)]) -> Vec<(String, f64)>;
+
+    /// Reads an eval file in the task's source format (`tardbot-pipeline eval --suite NAME`), for
+    /// files that are not example JSONL (which every task reads).
+    fn read_source_file(&self, path: &Path) -> Result<Vec<ChatExample>, BoxError> {
+        Err(format!(
+            "{}: the {} suite reads example JSONL (`{{id, kind, conversation, reference}}`, as in a run's \
+             stages/{}/out/examples/val.jsonl)",
+            path.display(),
+            self.name(),
+            self.name()
+        )
+        .into())
+    }
+}
+
+/// A chat stage's settings: its training section and its data section's shared part.
+pub struct ChatSettings<'c> {
+    /// `[NAME]`.
+    pub train: &'c TrainConfig,
+    /// `[data.NAME]` as a whole (part of the fingerprint).
+    pub data: serde_json::Value,
+    pub eval: &'c TaskEvalConfig,
+    pub validation_fraction: f64,
+}

@@ -366,4 +366,36 @@ fn run_all_trains_and_a_sigkilled_run_resumes_bit_exactly() {
         );
         assert_eq!(l.integrity_check().await.unwrap(), "ok");
     });
+
+    execution_settings_reuse_cached_stages(a.path());
+}
+
+/// `[execution]` settings that give the same bits (expert swapping, activation checkpointing,
+/// threads, `auto` for the CPU) are not part of any fingerprint: a second run with all of them
+/// changed reuses every stage of the first.
+fn execution_settings_reuse_cached_stages(dir: &Path) {
+    let path = dir.join("pipeline.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let changed = text
+        .replace(
+            "device = \"cpu\"\nthreads = 2\nmax_experts_in_memory = 4",
+            "device = \"auto\"\nthreads = 1\nmax_experts_in_memory = 2\nactivation_checkpointing = true\n\n\
+             [execution.stages.cot]\nmax_experts_in_memory = 1\nactivation_checkpointing = false",
+        );
+    assert_ne!(changed, text, "the test config's [execution] section changed shape");
+    std::fs::write(&path, changed).unwrap();
+    run_ok(dir, &["run", "all"]);
+    with_ledger(dir, async |l| {
+        let run = l.run("run-2").await.unwrap();
+        let attempts = l.attempts(run.id).await.unwrap();
+        assert_eq!(attempts.len(), 7, "{attempts:?}");
+        for a in &attempts {
+            assert_eq!(
+                a.status,
+                tardbot_ledger::AttemptStatus::Cached,
+                "{}: changing execution settings must not retrain it",
+                a.stage
+            );
+        }
+    });
 }

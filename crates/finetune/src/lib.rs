@@ -3,6 +3,8 @@
 //!
 //! - [`task`]: the [`ChatTask`] trait, the one extension point for chat stages.
 //! - [`stage`]: [`ChatStage`], the stage contract for any task.
+//! - [`settings`]: a task's `[NAME]` and `[data.NAME]` sections, owned by its crate, parsed and
+//!   checked with file, line and field.
 //! - [`example`]: a fine-tuning example (a conversation whose last assistant turn is the target, plus the
 //!   reference a task eval scores against), its JSONL form and the stable train/val split.
 //! - [`recipe`]: the stage recipe (data → shards, train from the upstream model with the shared loop,
@@ -16,6 +18,7 @@
 pub mod chat_model;
 pub mod example;
 pub mod recipe;
+pub mod settings;
 pub mod stage;
 pub mod task;
 
@@ -23,7 +26,8 @@ pub use chat_model::{ChatModel, greedy, respond};
 pub use example::{ChatExample, ExampleError, is_validation, read_jsonl, write_jsonl};
 pub use recipe::{generate_answers, input_file};
 pub use stage::ChatStage;
-pub use task::{BoxError, ChatSettings, ChatTask};
+pub use settings::{ChatData, ChatSettings, TaskEvalConfig, check_common};
+pub use task::{BoxError, ChatTask};
 
 #[cfg(test)]
 mod mask_tests;

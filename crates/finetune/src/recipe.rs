@@ -18,7 +18,8 @@ use crate::example::{ChatExample, is_validation, write_jsonl};
 use crate::task::ChatTask;
 use std::path::{Path, PathBuf};
 use tardbot_core::ModelConfig;
-use tardbot_core::config::{TaskEvalConfig, TrainConfig};
+use crate::settings::TaskEvalConfig;
+use tardbot_core::config::TrainConfig;
 use tardbot_stage::{StageContext, StageError, StageOutput};
 use tardbot_tokens::LoadedTokenizer;
 use tardbot_tokens::chat::{RenderedChat, render_chat, write_chat_shard};
@@ -42,8 +43,8 @@ pub fn input_file(ctx: &StageContext, stage: &str, kind: &str) -> Result<PathBuf
 }
 
 pub fn run(ctx: &StageContext, task: &dyn ChatTask) -> Result<StageOutput, StageError> {
-    let settings = task.settings(&ctx.config);
-    let cfg = settings.train;
+    let settings = task.settings(&ctx.config).map_err(StageError::failed)?;
+    let cfg = &settings.train;
     let seed = ctx.config.seed;
     let upstream = task.upstream();
 
@@ -104,7 +105,7 @@ pub fn run(ctx: &StageContext, task: &dyn ChatTask) -> Result<StageOutput, Stage
         .flat_map(|ex| task.eval_items(ex))
         .collect();
     let task_eval =
-        |trainer: &Trainer| task_eval(ctx, trainer, &tokenizer, &eval_set, settings.eval, task);
+        |trainer: &Trainer| task_eval(ctx, trainer, &tokenizer, &eval_set, &settings.eval, task);
     if !resumed {
         record_val_loss(ctx, &trainer, &val_batches, None)?;
         task_eval(&trainer)?;

@@ -4,6 +4,7 @@ use crate::recipe;
 use crate::task::ChatTask;
 use std::sync::Arc;
 use tardbot_core::PipelineConfig;
+use tardbot_core::config::{ConfigProblem, TrainConfig};
 use tardbot_stage::{Resources, Stage, StageContext, StageError, StageOutput};
 
 /// A [`ChatTask`] as a pipeline stage: consumes the tokenizer and the upstream stage's model, runs
@@ -30,14 +31,35 @@ impl Stage for ChatStage {
     }
 
     fn enabled(&self, config: &PipelineConfig) -> bool {
-        self.task.settings(config).train.enabled
+        self.task
+            .settings(config)
+            .is_ok_and(|s| s.train.enabled)
+    }
+
+    fn tables(&self) -> Vec<String> {
+        vec![self.name().to_string(), format!("data.{}", self.name())]
+    }
+
+    fn check_config(&self, config: &PipelineConfig) -> Vec<ConfigProblem> {
+        match self.task.settings(config) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.problems().to_vec(),
+        }
+    }
+
+    fn training(&self, config: &PipelineConfig) -> Option<TrainConfig> {
+        self.task.settings(config).ok().map(|s| s.train)
     }
 
     fn config_slice(&self, config: &PipelineConfig) -> serde_json::Value {
-        let s = self.task.settings(config);
+        // A config that reached a run was validated; `Null` only for one built otherwise.
+        let (train, data) = match self.task.settings(config) {
+            Ok(s) => (serde_json::json!(s.train), s.data),
+            Err(_) => (serde_json::Value::Null, serde_json::Value::Null),
+        };
         let device = config.execution.for_stage(self.name()).device;
         serde_json::json!({
-            self.name(): s.train, "data": s.data, "seed": config.seed, "device": device,
+            self.name(): train, "data": data, "seed": config.seed, "device": device,
         })
     }
 

@@ -3,16 +3,18 @@
 //! the stage contract) is [`ChatStage`](crate::ChatStage), the same for every task.
 
 use crate::example::ChatExample;
+use crate::settings::ChatSettings;
 use std::path::Path;
 use tardbot_core::PipelineConfig;
-use tardbot_core::config::{TaskEvalConfig, TrainConfig};
+use tardbot_core::config::ConfigError;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A chat fine-tuning task: its data, its task eval and where its settings are.
 ///
-/// Adding a chat stage is a crate with one `ChatTask`, one line in `tardbot-pipeline`'s registry
-/// (`chat(MyTask)`), and its sections in `pipeline.toml` (see the README, "Adding a stage").
+/// Adding a chat stage is a crate with one `ChatTask` and its `[data.NAME]` type
+/// ([`ChatData`](crate::ChatData)), and one line in `tardbot-pipeline`'s registry (`.chat(MyTask)`);
+/// see the README, "Adding a stage".
 pub trait ChatTask: Send + Sync + 'static {
     /// The stage's name: its `pipeline.toml` sections, its name in the ledger, its eval suite.
     fn name(&self) -> &'static str;
@@ -20,8 +22,9 @@ pub trait ChatTask: Send + Sync + 'static {
     /// The training stage whose published model this stage starts from.
     fn upstream(&self) -> &'static str;
 
-    /// The stage's settings in `config`.
-    fn settings<'c>(&self, config: &'c PipelineConfig) -> ChatSettings<'c>;
+    /// The stage's settings, parsed and checked: `ChatSettings::parse::<MyData>(config, self.name())`.
+    /// `tardbot-pipeline validate` reports its problems with the core sections'.
+    fn settings(&self, config: &PipelineConfig) -> Result<ChatSettings, ConfigError>;
 
     /// Builds every example (train and held-out), deterministically from `config.seed`.
     fn examples(&self, config: &PipelineConfig) -> Result<Vec<ChatExample>, BoxError>;
@@ -47,14 +50,4 @@ pub trait ChatTask: Send + Sync + 'static {
         )
         .into())
     }
-}
-
-/// A chat stage's settings: its training section and its data section's shared part.
-pub struct ChatSettings<'c> {
-    /// `[NAME]`.
-    pub train: &'c TrainConfig,
-    /// `[data.NAME]` as a whole (part of the fingerprint).
-    pub data: serde_json::Value,
-    pub eval: &'c TaskEvalConfig,
-    pub validation_fraction: f64,
 }

@@ -296,7 +296,7 @@ where
     }
 }
 
-fn load_config(path: &Path) -> Result<(PipelineConfig, String), u8> {
+fn load_config(registry: &Registry, path: &Path) -> Result<(PipelineConfig, String), u8> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) => {
@@ -307,7 +307,7 @@ fn load_config(path: &Path) -> Result<(PipelineConfig, String), u8> {
             return Err(2);
         }
     };
-    match PipelineConfig::load(path) {
+    match registry.load_config(path) {
         Ok(cfg) => Ok((cfg, text)),
         Err(e) => {
             eprintln!("error: {e}");
@@ -316,10 +316,14 @@ fn load_config(path: &Path) -> Result<(PipelineConfig, String), u8> {
     }
 }
 
-fn workspace(cli_ws: &Option<PathBuf>, config: &Path) -> Result<Workspace, u8> {
+fn workspace(
+    registry: &Registry,
+    cli_ws: &Option<PathBuf>,
+    config: &Path,
+) -> Result<Workspace, u8> {
     match cli_ws {
         Some(ws) => Ok(Workspace::new(ws)),
-        None => load_config(config).map(|(c, _)| Workspace::new(c.workspace_dir())),
+        None => load_config(registry, config).map(|(c, _)| Workspace::new(c.workspace_dir())),
     }
 }
 
@@ -339,7 +343,7 @@ async fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<u8> {
             metrics_addr,
             shard,
         } => {
-            let (config, text) = match load_config(&cli.config) {
+            let (config, text) = match load_config(&registry, &cli.config) {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
@@ -375,7 +379,7 @@ async fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<u8> {
             force,
             metrics_addr,
         } => {
-            let ws = match workspace(&cli.workspace, &cli.config) {
+            let ws = match workspace(&registry, &cli.workspace, &cli.config) {
                 Ok(ws) => ws,
                 Err(code) => return Ok(code),
             };
@@ -393,7 +397,7 @@ async fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<u8> {
             Ok(exit_for(outcome.status))
         }
         Command::Report { run, out } => {
-            let ws = match workspace(&cli.workspace, &cli.config) {
+            let ws = match workspace(&registry, &cli.workspace, &cli.config) {
                 Ok(ws) => ws,
                 Err(code) => return Ok(code),
             };
@@ -410,7 +414,7 @@ async fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Status { run } => {
-            let ws = match workspace(&cli.workspace, &cli.config) {
+            let ws = match workspace(&registry, &cli.workspace, &cli.config) {
                 Ok(ws) => ws,
                 Err(code) => return Ok(code),
             };
@@ -429,7 +433,7 @@ async fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Generate { run, prompt, opts } => {
-            let ws = match workspace(&cli.workspace, &cli.config) {
+            let ws = match workspace(&registry, &cli.workspace, &cli.config) {
                 Ok(ws) => ws,
                 Err(code) => return Ok(code),
             };
@@ -439,7 +443,7 @@ async fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Chat { run, opts } => {
-            let ws = match workspace(&cli.workspace, &cli.config) {
+            let ws = match workspace(&registry, &cli.workspace, &cli.config) {
                 Ok(ws) => ws,
                 Err(code) => return Ok(code),
             };
@@ -456,7 +460,7 @@ async fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<u8> {
             stage,
             max_new_tokens,
         } => {
-            let ws = match workspace(&cli.workspace, &cli.config) {
+            let ws = match workspace(&registry, &cli.workspace, &cli.config) {
                 Ok(ws) => ws,
                 Err(code) => return Ok(code),
             };
@@ -476,7 +480,7 @@ async fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Runs => {
-            let ws = match workspace(&cli.workspace, &cli.config) {
+            let ws = match workspace(&registry, &cli.workspace, &cli.config) {
                 Ok(ws) => ws,
                 Err(code) => return Ok(code),
             };
@@ -499,7 +503,7 @@ async fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<u8> {
         },
         Command::Validate { file } => {
             let path = file.unwrap_or(cli.config);
-            match load_config(&path) {
+            match load_config(&registry, &path) {
                 Ok((cfg, _)) => {
                     println!(
                         "{}: ok (preset {}, workspace {})",

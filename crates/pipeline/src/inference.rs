@@ -22,18 +22,15 @@ pub struct RunModel {
 /// The registry's training stages, last first: the default model of a run is the newest one that
 /// finished.
 fn model_stages(registry: &Registry, run: &Run) -> Vec<String> {
-    let cfg = run_config(run);
-    registry
-        .stages
-        .iter()
-        .rev()
-        .map(|s| s.name())
-        .filter(|s| match &cfg {
-            Some(c) => c.training(s).is_some(),
-            None => PipelineConfig::TRAINING_STAGES.contains(s),
-        })
-        .map(str::to_string)
-        .collect()
+    match run_config(registry, run) {
+        Some(cfg) => registry
+            .training_stages(&cfg)
+            .into_iter()
+            .rev()
+            .map(str::to_string)
+            .collect(),
+        None => Vec::new(),
+    }
 }
 
 /// Loads the model of `stage` (default: the newest finished training stage) of a run.
@@ -258,7 +255,7 @@ pub async fn eval(
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let suite_name = format!("{}:{file}", task.name());
-    let step = stage_steps(run, &m.stage);
+    let step = stage_steps(registry, run, &m.stage);
     println!(
         "{} examples of {} on the `{}` model of {} ({:.1}s)",
         pairs.len(),
@@ -285,20 +282,27 @@ pub async fn eval(
 }
 
 /// The run's recorded config, if it still parses.
-fn run_config(run: &Run) -> Option<PipelineConfig> {
-    PipelineConfig::from_text(
-        &run.config_toml,
-        Path::new("pipeline.toml"),
-        Path::new(&run.config_dir),
-    )
-    .ok()
+fn run_config(registry: &Registry, run: &Run) -> Option<PipelineConfig> {
+    registry
+        .config_from_text(
+            &run.config_toml,
+            Path::new("pipeline.toml"),
+            Path::new(&run.config_dir),
+        )
+        .ok()
 }
 
 /// The configured steps of a training stage in the run's recorded config (the step of its final model).
-fn stage_steps(run: &Run, stage: &str) -> u64 {
-    run_config(run)
-        .and_then(|c| c.training(stage).map(|t| t.steps))
-        .unwrap_or(0)
+fn stage_steps(registry: &Registry, run: &Run, stage: &str) -> u64 {
+    let Some(cfg) = run_config(registry, run) else {
+        return 0;
+    };
+    registry
+        .stages
+        .iter()
+        .find(|s| s.name() == stage)
+        .and_then(|s| s.training(&cfg))
+        .map_or(0, |t| t.steps)
 }
 
 /// The workspace's ledger and the named run.

@@ -142,7 +142,8 @@ impl Orchestrator {
             run.config_dir, run.name
         ));
         let config =
-            PipelineConfig::from_text(&run.config_toml, &label, Path::new(&run.config_dir))?;
+            self.registry
+                .config_from_text(&run.config_toml, &label, Path::new(&run.config_dir))?;
         let plan = dag::plan(&self.registry, &config, &run.target_stages)?;
         info!(run = %run.name, "resuming");
         self.drive(run, config, plan, options).await

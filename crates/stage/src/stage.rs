@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tardbot_core::PipelineConfig;
+use tardbot_core::config::{ConfigProblem, TrainConfig};
 use tardbot_core::hash;
 use tardbot_ledger::{Artifact, Checkpoint, Eval, Ledger, LedgerError, MetricPoint, MetricsWriter};
 
@@ -99,6 +100,24 @@ pub trait Stage: Send + Sync + 'static {
 
     /// Whether `pipeline.toml` enables the stage.
     fn enabled(&self, config: &PipelineConfig) -> bool;
+
+    /// Tables of `pipeline.toml` this stage owns beyond `tardbot-core`'s sections, as dotted paths
+    /// (`"sft"`, `"data.sft"`); a table no stage owns is a config error.
+    fn tables(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Problems in the stage's own tables (parsed from the file, with file and line), reported by
+    /// `validate` with the core sections' before any run is created.
+    fn check_config(&self, _config: &PipelineConfig) -> Vec<ConfigProblem> {
+        Vec::new()
+    }
+
+    /// The training settings of a stage that trains a model (its `[execution.stages.<stage>]` may
+    /// be set; `generate` and `chat` offer its model).
+    fn training(&self, _config: &PipelineConfig) -> Option<TrainConfig> {
+        None
+    }
 
     /// The part of the configuration the outputs depend on. Part of the fingerprint.
     fn config_slice(&self, config: &PipelineConfig) -> serde_json::Value;

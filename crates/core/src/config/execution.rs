@@ -143,9 +143,9 @@ impl ExecutionConfig {
         }
     }
 
-    /// `training_stages`: the stages `[execution.stages.*]` may name; `n_experts` of the model, to
-    /// bound `max_experts_in_memory`.
-    pub(crate) fn check(&self, training_stages: &[&str], n_experts: Option<usize>, p: &mut Problems) {
+    /// `n_experts` of the model bounds `max_experts_in_memory`. Which stages `[execution.stages.*]`
+    /// may name is checked against the binary's stages ([`ExecutionConfig::check_stage_names`]).
+    pub(crate) fn check(&self, n_experts: Option<usize>, p: &mut Problems) {
         if self.device.resolve().is_none() {
             p.push(
                 "execution.device",
@@ -184,6 +184,19 @@ impl ExecutionConfig {
             p,
         );
         for (stage, o) in &self.stages {
+            experts(
+                &format!("execution.stages.{stage}.max_experts_in_memory"),
+                o.max_experts_in_memory,
+                p,
+            );
+        }
+    }
+}
+
+impl ExecutionConfig {
+    /// `[execution.stages.X]` must name one of `training_stages`.
+    pub fn check_stage_names(&self, training_stages: &[&str], p: &mut Problems) {
+        for stage in self.stages.keys() {
             if !training_stages.contains(&stage.as_str()) {
                 p.push(
                     &format!("execution.stages.{stage}"),
@@ -193,11 +206,6 @@ impl ExecutionConfig {
                     ),
                 );
             }
-            experts(
-                &format!("execution.stages.{stage}.max_experts_in_memory"),
-                o.max_experts_in_memory,
-                p,
-            );
         }
     }
 }
@@ -235,7 +243,7 @@ mod tests {
             device: Device::Cuda,
             ..Default::default()
         };
-        cfg.check(&["pretrain"], Some(4), &mut p);
+        cfg.check(Some(4), &mut p);
         let text = format!("{p:?}");
         assert!(text.contains("execution.device") && text.contains("--features cuda"), "{text}");
         assert_eq!(Device::Auto.resolve(), Some(Device::Cpu));
@@ -248,7 +256,8 @@ mod tests {
             "max_experts_in_memory = 9\n[stages.ingest]\nthreads = 1\n[stages.sft]\nmax_experts_in_memory = 0\n",
         )
         .unwrap();
-        cfg.check(&["pretrain", "sft"], Some(4), &mut p);
+        cfg.check(Some(4), &mut p);
+        cfg.check_stage_names(&["pretrain", "sft"], &mut p);
         let text = format!("{p:?}");
         for field in [
             "execution.max_experts_in_memory",

@@ -1,31 +1,31 @@
 //! The `pipeline.toml` schema.
 //!
-//! One section per stage (`[ingest]`, `[tokenizer]`, `[tokenize]`, `[pretrain]`, `[sft]`, `[toolcall]`,
-//! `[cot]`), the model preset with overrides, the workspace directory and the seed: the recipe. How it
-//! runs (device, threads, expert swapping, activation checkpointing) is `[execution]`, apart.
+//! The sections of the data and pretraining stages (`[ingest]`, `[tokenizer]`, `[tokenize]`,
+//! `[pretrain]`), the model preset with overrides, the workspace directory and the seed: the recipe.
+//! How it runs (device, threads, expert swapping, activation checkpointing) is `[execution]`, apart.
+//! Any other table (`[sft]`, `[data.sft]`, …) belongs to a stage crate, which parses it from the same
+//! file with [`PipelineConfig::section`] and checks it when the binary validates the file.
 //! Every struct denies unknown fields. [`PipelineConfig::load`] reports *every* problem it finds
 //! (syntax, unknown keys, wrong types, semantic checks such as a preset that does not exist or a batch
 //! size of 0) with file, line and field; see [`validate`].
 
 mod execution;
-mod finetune;
 mod ingest;
 mod tokenize;
 mod train;
 pub mod validate;
 
 pub use execution::{Device, Execution, ExecutionConfig, StageExecution};
-pub use finetune::{
-    CotDataConfig, FinetuneDataConfig, SftDataConfig, TaskEvalConfig, ToolcallDataConfig,
-};
 pub use ingest::{FilterConfig, IngestConfig, OnError, SourceConfig, SourceFormat};
 pub use tokenize::{TokenizeConfig, TokenizerConfig};
 pub use train::{Schedule, TrainConfig};
-pub use validate::{ConfigError, ConfigProblem, Problems};
+pub use validate::{CORE_SECTIONS, ConfigError, ConfigProblem, ExtraChecks, Problems, Source};
 
 use crate::model_config::ModelConfig;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -47,18 +47,16 @@ pub struct PipelineConfig {
     pub tokenize: TokenizeConfig,
     #[serde(default = "TrainConfig::pretrain_default")]
     pub pretrain: TrainConfig,
-    #[serde(default = "TrainConfig::finetune_default")]
-    pub sft: TrainConfig,
-    #[serde(default = "TrainConfig::finetune_default")]
-    pub toolcall: TrainConfig,
-    #[serde(default = "TrainConfig::finetune_default")]
-    pub cot: TrainConfig,
-    /// The fine-tuning stages' data sources and task-eval sizes (`[data.sft]`, …).
-    #[serde(default)]
-    pub data: FinetuneDataConfig,
     /// Directory relative paths in this config are resolved against (the config file's directory).
     #[serde(skip)]
     pub base_dir: PathBuf,
+    /// The text this config was read from: stages parse their own tables (`[sft]`, `[data.sft]`, …)
+    /// from it with [`PipelineConfig::section`].
+    #[serde(skip)]
+    pub source: Option<Arc<Source>>,
+    /// First keys of the tables that belong to stages, not to this struct (see [`CORE_SECTIONS`]).
+    #[serde(skip)]
+    stage_tables: BTreeSet<String>,
 }
 
 fn default_workspace() -> PathBuf {
@@ -81,6 +79,12 @@ pub struct ModelSection {
 impl PipelineConfig {
     /// Reads, parses and validates a pipeline file. Every problem found is returned at once.
     pub fn load(path: &Path) -> Result<PipelineConfig, ConfigError> {
+        Self::load_with(path, &|_| Vec::new())
+    }
+
+    /// [`PipelineConfig::load`], plus the stages' checks of their own tables (`extra`), whose
+    /// problems are reported together with the core sections'.
+    pub fn load_with(path: &Path, extra: ExtraChecks<'_>) -> Result<PipelineConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Unreadable {
             path: path.to_path_buf(),
             source: e,
@@ -96,7 +100,7 @@ impl PipelineConfig {
             })
             .unwrap_or(Path::new("."))
             .to_path_buf();
-        Self::from_text(&text, path, &base_dir)
+        Self::from_text_with(&text, path, &base_dir, extra)
     }
 
     /// Parses and validates config text (e.g. the text recorded in the ledger for a run).
@@ -106,7 +110,17 @@ impl PipelineConfig {
         path: &Path,
         base_dir: &Path,
     ) -> Result<PipelineConfig, ConfigError> {
-        validate::parse_and_validate(text, path, base_dir)
+        Self::from_text_with(text, path, base_dir, &|_| Vec::new())
+    }
+
+    /// [`PipelineConfig::from_text`] with the stages' checks of their own tables.
+    pub fn from_text_with(
+        text: &str,
+        path: &Path,
+        base_dir: &Path,
+        extra: ExtraChecks<'_>,
+    ) -> Result<PipelineConfig, ConfigError> {
+        validate::parse_and_validate(text, path, base_dir, extra)
     }
 
     /// Resolves a path from the config against the config file's directory.
@@ -130,20 +144,6 @@ impl PipelineConfig {
         Ok(m)
     }
 
-    /// The stages that train a model (the sections `[execution.stages.*]` may name).
-    pub const TRAINING_STAGES: [&'static str; 4] = ["pretrain", "sft", "toolcall", "cot"];
-
-    /// The training section of a stage that trains a model (`[pretrain]`, `[sft]`, …).
-    pub fn training(&self, stage: &str) -> Option<&TrainConfig> {
-        match stage {
-            "pretrain" => Some(&self.pretrain),
-            "sft" => Some(&self.sft),
-            "toolcall" => Some(&self.toolcall),
-            "cot" => Some(&self.cot),
-            _ => None,
-        }
-    }
-
     /// Semantic checks beyond the schema; each problem names its field.
     pub(crate) fn check(&self, p: &mut Problems) {
         if !ModelConfig::preset_names().contains(&self.model.preset.as_str()) {
@@ -159,16 +159,10 @@ impl PipelineConfig {
             p.push("model.overrides", e);
         }
         let n_experts = self.model_config().ok().map(|m| m.n_experts);
-        self.execution
-            .check(&Self::TRAINING_STAGES, n_experts, p);
+        self.execution.check(n_experts, p);
         self.ingest.check(self, p);
         self.tokenizer.check(p);
         self.tokenize.check(p);
-        for name in Self::TRAINING_STAGES {
-            if let Some(t) = self.training(name) {
-                t.check(name, p);
-            }
-        }
-        self.data.check(self, p);
+        self.pretrain.check("pretrain", p);
     }
 }

@@ -110,7 +110,7 @@ impl TrainConfig {
         }
     }
 
-    pub(crate) fn check(&self, section: &str, p: &mut Problems) {
+    pub fn check(&self, section: &str, p: &mut Problems) {
         if !self.enabled {
             return;
         }

@@ -6,8 +6,11 @@
 //! path (`ingest.sources.0.path`); the path is looked up in the spanned TOML document to find its line.
 
 use super::PipelineConfig;
+use serde::de::{DeserializeOwned, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use std::collections::BTreeSet;
 use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use toml::Spanned;
@@ -79,12 +82,34 @@ impl Problems {
     pub fn push(&mut self, field: &str, message: String) {
         self.items.push((field.to_string(), message));
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
 }
+
+/// The top-level keys `PipelineConfig` itself declares; every other top-level table belongs to a stage
+/// (e.g. `[sft]`, `[data.sft]`) and is parsed by that stage ([`PipelineConfig::section`]).
+pub const CORE_SECTIONS: [&str; 8] = [
+    "workspace",
+    "seed",
+    "execution",
+    "model",
+    "ingest",
+    "tokenizer",
+    "tokenize",
+    "pretrain",
+];
+
+/// Checks of the stages' own sections, run on a config whose core sections parsed; each returns its
+/// problems with file and line (see [`PipelineConfig::section`] and [`PipelineConfig::locate`]).
+pub type ExtraChecks<'a> = &'a dyn Fn(&PipelineConfig) -> Vec<ConfigProblem>;
 
 pub(crate) fn parse_and_validate(
     text: &str,
     path: &Path,
     base_dir: &Path,
+    extra: ExtraChecks<'_>,
 ) -> Result<PipelineConfig, ConfigError> {
     let problem = |span: Option<Range<usize>>, field: String, message: String| {
         let (line, column) = span.map_or((0, 0), |s| line_col(text, s.start));
@@ -113,39 +138,30 @@ pub(crate) fn parse_and_validate(
         }
     };
 
-    // Structural pass: unknown keys, wrong types, missing fields.
-    let mut problems = Vec::new();
+    // Structural pass: unknown keys, wrong types, missing fields. The stages' own tables are set
+    // aside (blanked) here; each stage parses its tables from the same text, with the same spans.
     let mut working: Vec<String> = text.split('\n').map(str::to_string).collect();
-    let mut blanked = BTreeSet::new();
-    let parsed = loop {
-        match toml::from_str::<PipelineConfig>(&working.join("\n")) {
-            Ok(cfg) => break Some(cfg),
-            Err(e) => {
-                let field = e
-                    .span()
-                    .map(|s| field_at(doc.get_ref(), s.start))
-                    .unwrap_or_default();
-                let message = e.message().trim().to_string() + moved_hint(&field);
-                problems.push(problem(e.span(), field, message));
-                let Some(span) = e.span() else { break None };
-                let line = line_col(text, span.start).0 - 1;
-                if !blanked.insert(line) || problems.len() > 64 {
-                    break None;
-                }
-                blank_out(&mut working, line);
-            }
-        }
-    };
+    let stage_tables = blank_stage_tables(&mut working);
+    let (parsed, mut problems) = collect(text, &doc, working, |t| {
+        toml::from_str::<PipelineConfig>(t)
+    });
+    for p in &mut problems {
+        p.file = path.to_path_buf();
+        p.message += moved_hint(&p.field);
+    }
 
-    // Semantic pass, on what could be read.
+    // Semantic pass, on what could be read, then the stages' checks of their own tables.
     if let Some(mut cfg) = parsed {
         cfg.base_dir = base_dir.to_path_buf();
+        cfg.source = Some(Arc::new(Source {
+            text: text.to_string(),
+            path: path.to_path_buf(),
+        }));
+        cfg.stage_tables = stage_tables;
         let mut sem = Problems::default();
         cfg.check(&mut sem);
-        for (field, message) in sem.items {
-            let span = span_of(doc.get_ref(), &field);
-            problems.push(problem(span, field, message));
-        }
+        problems.extend(cfg.locate(sem));
+        problems.extend(extra(&cfg));
         if problems.is_empty() {
             return Ok(cfg);
         }
@@ -153,6 +169,199 @@ pub(crate) fn parse_and_validate(
     problems.sort_by_key(|p| (p.line == 0, p.line, p.column));
     problems.dedup();
     Err(invalid(problems))
+}
+
+/// Deserializes `working` (the file's lines, some blanked) with `parse` until it succeeds, blanking the
+/// line of each error so that the next try finds the next one: every structural problem at once.
+fn collect<T>(
+    text: &str,
+    doc: &Spanned<DeTable<'_>>,
+    mut working: Vec<String>,
+    parse: impl Fn(&str) -> Result<T, toml::de::Error>,
+) -> (Option<T>, Vec<ConfigProblem>) {
+    let mut problems = Vec::new();
+    let mut blanked = BTreeSet::new();
+    let parsed = loop {
+        match parse(&working.join("\n")) {
+            Ok(v) => break Some(v),
+            Err(e) => {
+                let field = e
+                    .span()
+                    .map(|s| field_at(doc.get_ref(), s.start))
+                    .unwrap_or_default();
+                let (line, column) = e.span().map_or((0, 0), |s| line_col(text, s.start));
+                problems.push(ConfigProblem {
+                    file: PathBuf::new(),
+                    line,
+                    column,
+                    field,
+                    message: e.message().trim().to_string(),
+                });
+                if line == 0 || !blanked.insert(line - 1) || problems.len() > 64 {
+                    break None;
+                }
+                blank_out(&mut working, line - 1);
+            }
+        }
+    };
+    (parsed, problems)
+}
+
+/// Blanks every table whose header's first key is not one of [`CORE_SECTIONS`] (`[sft]`,
+/// `[data.cot]`, …) and returns those first keys. Line numbers and byte offsets stay as they were.
+fn blank_stage_tables(lines: &mut [String]) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let first = header_first_key(&lines[i]);
+        match first {
+            Some(k) if !CORE_SECTIONS.contains(&k.as_str()) => {
+                found.insert(k);
+                blank_out(lines, i);
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    found
+}
+
+/// `a` of a table header `[a.b]` or `[[a.b]]` (quotes removed), `None` for any other line.
+fn header_first_key(line: &str) -> Option<String> {
+    let t = line.trim_start();
+    let inner = t.strip_prefix("[[").or_else(|| t.strip_prefix('['))?;
+    let end = inner.find(']')?;
+    let first = inner[..end].split('.').next()?.trim();
+    Some(first.trim_matches(|c| c == '"' || c == '\'').to_string())
+}
+
+/// The text a config was read from, kept so that stages parse their own tables with file and line.
+#[derive(Debug)]
+pub struct Source {
+    pub text: String,
+    pub path: PathBuf,
+}
+
+impl PipelineConfig {
+    /// Parses the table at `path` (e.g. `["data", "sft"]`) as `T`, the way `pipeline.toml`'s own
+    /// sections are parsed: every problem at once, each with file, line and dotted field.
+    /// `Ok(None)` when the file has no such table.
+    pub fn section<T: DeserializeOwned>(&self, path: &[&str]) -> Result<Option<T>, ConfigError> {
+        let Some(src) = &self.source else {
+            return Ok(None);
+        };
+        let doc = DeTable::parse(&src.text).map_err(|e| ConfigError::Invalid {
+            path: src.path.clone(),
+            problems: vec![ConfigProblem {
+                file: src.path.clone(),
+                line: 0,
+                column: 0,
+                field: String::new(),
+                message: format!("TOML syntax: {}", e.message()),
+            }],
+        })?;
+        let working = src.text.split('\n').map(str::to_string).collect();
+        let (parsed, mut problems) = collect(&src.text, &doc, working, |t| {
+            let de = toml::de::Deserializer::parse(t)?;
+            SectionProbe::<T> {
+                path,
+                _t: PhantomData,
+            }
+            .deserialize(de)
+        });
+        match parsed {
+            Some(v) if problems.is_empty() => Ok(v),
+            _ => {
+                for p in &mut problems {
+                    p.file = src.path.clone();
+                    p.message += moved_hint(&p.field);
+                }
+                Err(ConfigError::Invalid {
+                    path: src.path.clone(),
+                    problems,
+                })
+            }
+        }
+    }
+
+    /// Semantic problems (dotted field paths) with the file, line and column of each field.
+    pub fn locate(&self, problems: Problems) -> Vec<ConfigProblem> {
+        let Some(src) = &self.source else {
+            return Vec::new();
+        };
+        let doc = DeTable::parse(&src.text).ok();
+        problems
+            .items
+            .into_iter()
+            .map(|(field, message)| {
+                let span = doc.as_ref().and_then(|d| span_of(d.get_ref(), &field));
+                let (line, column) = span.map_or((0, 0), |s| line_col(&src.text, s.start));
+                ConfigProblem {
+                    file: src.path.clone(),
+                    line,
+                    column,
+                    field,
+                    message,
+                }
+            })
+            .collect()
+    }
+
+    /// The first keys of the tables in the file that belong to stages (see [`CORE_SECTIONS`]).
+    pub fn stage_tables(&self) -> &BTreeSet<String> {
+        &self.stage_tables
+    }
+
+    /// The keys of the table at `path` in the file (e.g. the stages under `[data]`).
+    pub fn keys_under(&self, path: &[&str]) -> Vec<String> {
+        self.section::<toml::Table>(path)
+            .ok()
+            .flatten()
+            .map(|t| t.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Walks the document's maps along `path`, ignoring every other key, and deserializes `T` there:
+/// errors keep toml's spans into the whole file.
+struct SectionProbe<'p, T> {
+    path: &'p [&'p str],
+    _t: PhantomData<T>,
+}
+
+impl<'de, T: DeserializeOwned> DeserializeSeed<'de> for SectionProbe<'_, T> {
+    type Value = Option<T>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<T>, D::Error> {
+        if self.path.is_empty() {
+            T::deserialize(d).map(Some)
+        } else {
+            d.deserialize_map(self)
+        }
+    }
+}
+
+impl<'de, T: DeserializeOwned> Visitor<'de> for SectionProbe<'_, T> {
+    type Value = Option<T>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "a table")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<T>, A::Error> {
+        let mut found = None;
+        while let Some(key) = map.next_key::<String>()? {
+            if key == self.path[0] {
+                found = map.next_value_seed(SectionProbe::<T> {
+                    path: &self.path[1..],
+                    _t: PhantomData,
+                })?;
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
 }
 
 /// Where a setting that left the recipe for `[execution]` went, for files written before it moved.

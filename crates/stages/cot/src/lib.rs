@@ -7,6 +7,7 @@
 //! `tardbot-train`) or the chat template (`tardbot-tokens`).
 
 pub mod problems;
+pub mod config;
 pub mod stage;
 
 pub use stage::CotTask;

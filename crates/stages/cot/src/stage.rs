@@ -4,6 +4,8 @@
 use crate::problems::{answers_match, build_examples, extract_answer};
 use std::path::Path;
 use tardbot_core::PipelineConfig;
+use crate::config::CotData;
+use tardbot_core::config::ConfigError;
 use tardbot_finetune::{BoxError, ChatExample, ChatSettings, ChatTask};
 
 pub struct CotTask;
@@ -17,18 +19,12 @@ impl ChatTask for CotTask {
         "toolcall"
     }
 
-    fn settings<'c>(&self, config: &'c PipelineConfig) -> ChatSettings<'c> {
-        let data = &config.data.cot;
-        ChatSettings {
-            train: &config.cot,
-            data: serde_json::json!(data),
-            eval: &data.eval,
-            validation_fraction: data.validation_fraction,
-        }
+    fn settings(&self, config: &PipelineConfig) -> Result<ChatSettings, ConfigError> {
+        ChatSettings::parse::<CotData>(config, self.name()).map(|(s, _)| s)
     }
 
     fn examples(&self, config: &PipelineConfig) -> Result<Vec<ChatExample>, BoxError> {
-        let data = &config.data.cot;
+        let (_, data) = ChatSettings::parse::<CotData>(config, self.name())?;
         let path = data
             .problems
             .as_ref()

@@ -13,6 +13,7 @@ mod data;
 
 use data::ShardSet;
 use tardbot_core::PipelineConfig;
+use tardbot_core::config::TrainConfig;
 use tardbot_stage::{Resources, Stage, StageContext, StageError, StageOutput};
 use tardbot_tokens::loader::{Loader, LoaderConfig};
 use tardbot_train::Trainer;
@@ -32,6 +33,10 @@ impl Stage for PretrainStage {
 
     fn enabled(&self, config: &PipelineConfig) -> bool {
         config.pretrain.enabled
+    }
+
+    fn training(&self, config: &PipelineConfig) -> Option<TrainConfig> {
+        Some(config.pretrain.clone())
     }
 
     fn config_slice(&self, config: &PipelineConfig) -> serde_json::Value {

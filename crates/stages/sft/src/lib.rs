@@ -7,6 +7,7 @@
 //! What it does not do: the training loop, checkpoints and generation (`tardbot-finetune`,
 //! `tardbot-train`) or the chat template (`tardbot-tokens`).
 
+pub mod config;
 pub mod stage;
 pub mod tasks;
 

@@ -4,6 +4,8 @@
 use crate::tasks::{build_examples, exact_match};
 use std::collections::BTreeMap;
 use tardbot_core::PipelineConfig;
+use crate::config::SftData;
+use tardbot_core::config::ConfigError;
 use tardbot_finetune::{BoxError, ChatExample, ChatSettings, ChatTask};
 
 pub struct SftTask;
@@ -17,18 +19,12 @@ impl ChatTask for SftTask {
         "pretrain"
     }
 
-    fn settings<'c>(&self, config: &'c PipelineConfig) -> ChatSettings<'c> {
-        let data = &config.data.sft;
-        ChatSettings {
-            train: &config.sft,
-            data: serde_json::json!(data),
-            eval: &data.eval,
-            validation_fraction: data.validation_fraction,
-        }
+    fn settings(&self, config: &PipelineConfig) -> Result<ChatSettings, ConfigError> {
+        ChatSettings::parse::<SftData>(config, self.name()).map(|(s, _)| s)
     }
 
     fn examples(&self, config: &PipelineConfig) -> Result<Vec<ChatExample>, BoxError> {
-        let data = &config.data.sft;
+        let (_, data) = ChatSettings::parse::<SftData>(config, self.name())?;
         let glossary = data.glossary.as_ref().map(|p| config.resolve(p));
         let verse = data.verse.as_ref().map(|p| config.resolve(p));
         Ok(build_examples(

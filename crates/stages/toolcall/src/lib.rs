@@ -12,6 +12,7 @@
 pub mod call;
 pub mod data;
 pub mod schema;
+pub mod config;
 pub mod stage;
 pub mod tools;
 

@@ -4,6 +4,8 @@
 use crate::data::{aggregate, bfcl_examples, first_call_example, generated_examples, score};
 use std::path::Path;
 use tardbot_core::PipelineConfig;
+use crate::config::ToolcallData;
+use tardbot_core::config::ConfigError;
 use tardbot_finetune::{BoxError, ChatExample, ChatSettings, ChatTask};
 
 pub struct ToolcallTask;
@@ -17,18 +19,12 @@ impl ChatTask for ToolcallTask {
         "sft"
     }
 
-    fn settings<'c>(&self, config: &'c PipelineConfig) -> ChatSettings<'c> {
-        let data = &config.data.toolcall;
-        ChatSettings {
-            train: &config.toolcall,
-            data: serde_json::json!(data),
-            eval: &data.eval,
-            validation_fraction: data.validation_fraction,
-        }
+    fn settings(&self, config: &PipelineConfig) -> Result<ChatSettings, ConfigError> {
+        ChatSettings::parse::<ToolcallData>(config, self.name()).map(|(s, _)| s)
     }
 
     fn examples(&self, config: &PipelineConfig) -> Result<Vec<ChatExample>, BoxError> {
-        let data = &config.data.toolcall;
+        let (_, data) = ChatSettings::parse::<ToolcallData>(config, self.name())?;
         let mut examples = match &data.bfcl {
             Some(p) => bfcl_examples(&config.resolve(p))?,
             None => Vec::new(),

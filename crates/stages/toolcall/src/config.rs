@@ -1,0 +1,63 @@
+//! `[data.toolcall]`: the BFCL file, how many multi-turn conversations are generated, the held-out
+//! fraction and the task eval's size. (The training settings are `[toolcall]`.)
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use tardbot_core::PipelineConfig;
+use tardbot_core::config::Problems;
+use tardbot_finetune::{ChatData, TaskEvalConfig, check_common};
+
+/// Tool-calling data: BFCL-format rows (JSON-schema tools, accepted calls, irrelevance rows) plus
+/// generated multi-turn conversations with real local tools.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ToolcallData {
+    /// BFCL single-turn JSONL (`{id, category, messages, tools, ground_truth, target_calls}`); unset =
+    /// generated examples only.
+    pub bfcl: Option<PathBuf>,
+    /// Generated multi-turn examples (a tool runs and its result is fed back).
+    pub generated: usize,
+    pub validation_fraction: f64,
+    pub eval: TaskEvalConfig,
+}
+
+impl Default for ToolcallData {
+    fn default() -> Self {
+        ToolcallData {
+            bfcl: None,
+            generated: 200,
+            validation_fraction: 0.1,
+            eval: TaskEvalConfig {
+                examples: 16,
+                max_new_tokens: 96,
+            },
+        }
+    }
+}
+
+impl ChatData for ToolcallData {
+    fn eval(&self) -> &TaskEvalConfig {
+        &self.eval
+    }
+
+    fn validation_fraction(&self) -> f64 {
+        self.validation_fraction
+    }
+
+    fn check(&self, name: &str, config: &PipelineConfig, enabled: bool, p: &mut Problems) {
+        check_common(
+            name,
+            config,
+            enabled,
+            self.validation_fraction,
+            &[("bfcl", self.bfcl.as_deref())],
+            p,
+        );
+        if enabled && self.bfcl.is_none() && self.generated == 0 {
+            p.push(
+                &format!("data.{name}"),
+                "no examples: set `bfcl` to a BFCL JSONL file or `generated` above 0".to_string(),
+            );
+        }
+    }
+}

@@ -10,4 +10,7 @@
 pub mod stage;
 pub mod tasks;
 
+#[cfg(test)]
+mod test_util;
+
 pub use stage::SftStage;

@@ -15,6 +15,9 @@ pub mod schema;
 pub mod stage;
 pub mod tools;
 
+#[cfg(test)]
+mod test_util;
+
 pub use stage::ToolcallStage;
 
 pub use call::{CallError, ParsedCall, parse_tool_calls};

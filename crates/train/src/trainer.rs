@@ -22,11 +22,6 @@ pub use crate::error::{Result, TrainError};
 mod build;
 mod segmented;
 
-#[cfg(test)]
-mod expert_store_tests;
-#[cfg(test)]
-mod tests;
-
 /// One micro-batch: inputs and targets (batch, seq) u32; optional document ids for attention
 /// masking of packed sequences and a loss mask (1 = the target counts).
 pub struct TokenBatch {
@@ -346,3 +341,8 @@ struct MicroLosses {
 fn scalar(t: &Tensor) -> Result<f64> {
     Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
 }
+
+#[cfg(test)]
+mod expert_store_tests;
+#[cfg(test)]
+mod tests;

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tardbot_model::expert_store::{ExpertStore, StoreLayout};
 use tracing::info;
 
-use crate::trainer::{Result, TrainError};
+use crate::error::{Result, TrainError};
 
 const DIR: &str = "experts";
 const MANIFEST: &str = "manifest.json";

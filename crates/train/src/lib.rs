@@ -13,6 +13,8 @@
 //!
 //!   With `activation_checkpointing` the backward is segmented: the forward keeps only each block's
 //!   input, the backward recomputes one block at a time (tested equal to the whole-graph gradients).
+//!   Its error type, [`TrainError`], is shared with [`expert_checkpoint`] (which the trainer uses, not
+//!   the other way round).
 //! - [`bench`]: `tardbot-pipeline bench train` — tokens/s, MFU, time per phase, peak RSS.
 //! - [`peak`]: this machine's fp32 peak (FMA loop, sgemm), measured where MFU is reported.
 //! - [`expert_checkpoint`]: the expert store's part of a checkpoint (one file per region, unchanged
@@ -29,11 +31,15 @@
 pub mod batch;
 pub mod bench;
 pub mod checkpoint;
+mod error;
 pub mod expert_checkpoint;
 pub mod optim;
 pub mod peak;
 pub mod schedule;
 pub mod trainer;
+
+#[cfg(test)]
+mod test_util;
 
 pub use batch::{batch_tensors, fixed_batches};
 pub use bench::{BenchTrainOptions, bench_train};

@@ -11,4 +11,7 @@ pub mod config;
 pub mod stage;
 pub mod tasks;
 
+#[cfg(test)]
+mod test_util;
+
 pub use stage::SftTask;

@@ -16,6 +16,9 @@ pub mod config;
 pub mod stage;
 pub mod tools;
 
+#[cfg(test)]
+mod test_util;
+
 pub use stage::ToolcallTask;
 
 pub use call::{CallError, ParsedCall, parse_tool_calls};

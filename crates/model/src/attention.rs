@@ -15,6 +15,7 @@
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
+use crate::kernels::VisibleBlock;
 use crate::ops::{Linear, rope, softmax};
 use crate::{ModelError, Result};
 
@@ -27,8 +28,21 @@ pub struct QueryBlock {
     pub k_len: usize,
     /// (batch or 1, 1, 1, q_len, k_len).
     pub mask: Tensor,
-    /// The same mask as flags (1: visible), (batch or 1, q_len, k_len), for the fused kernel.
+    /// The same mask as flags (1: visible), (batch or 1, q_len, k_len), for the attention kernel.
     pub visible: std::sync::Arc<Vec<u8>>,
+}
+
+impl QueryBlock {
+    /// The block as the attention kernel takes it (positions and flags, no mask tensor).
+    fn visible_block(&self) -> VisibleBlock {
+        VisibleBlock {
+            q_start: self.q_start,
+            q_len: self.q_len,
+            k_start: self.k_start,
+            k_len: self.k_len,
+            visible: self.visible.clone(),
+        }
+    }
 }
 
 /// Per-forward context shared by all layers: positions, RoPE tables, masks.
@@ -286,8 +300,8 @@ impl Attention {
         let (g, rep) = (self.n_kv_heads, self.n_heads / self.n_kv_heads);
         let q = q.contiguous()?.reshape((b, g, rep * tq, hd))?;
         let s = q.matmul(&k.t()?)?.reshape((b, g, rep, tq, tk))?;
-        let p = if !fused && crate::fused::cpu_float(&s) {
-            crate::fused::masked_softmax(&s, mask)?
+        let p = if !fused && crate::kernels::cpu_float(&s) {
+            crate::kernels::masked_softmax(&s, mask)?
         } else {
             softmax(&s.broadcast_add(mask)?, fused)?
         };
@@ -303,34 +317,35 @@ impl Attention {
         self.o.forward(&y)
     }
 
-    /// Whether [`Attention::forward`] takes the fused kernel ([`crate::fused::attention`]): training
-    /// (not `ctx.fused`) on CPU in f32/f64 with float weights.
-    fn use_fused_kernel(&self, x: &Tensor, ctx: &AttnCtx) -> bool {
+    /// Whether [`Attention::forward`] takes the attention kernel ([`crate::kernels::attention()`]):
+    /// training (not `ctx.fused`) on CPU in f32/f64 with float weights.
+    fn use_attention_kernel(&self, x: &Tensor, ctx: &AttnCtx) -> bool {
         !ctx.fused
-            && crate::fused::cpu_float(x)
+            && crate::kernels::cpu_float(x)
             && ![&self.q, &self.k, &self.v].iter().any(|l| l.is_quantized())
     }
 
     /// Full-sequence forward of the normalised input `x` (batch, seq, hidden).
     pub fn forward(&self, x: &Tensor, ctx: &AttnCtx) -> Result<Tensor> {
         let _span = crate::profile::Span::start(crate::profile::Counter::AttentionForward);
-        if !self.use_fused_kernel(x, ctx) {
+        if !self.use_attention_kernel(x, ctx) {
             return self.forward_composed(x, ctx);
         }
         // One projection for q, k and v (their weights stacked), then one kernel node.
         let w = Tensor::cat(&[&self.q.weight, &self.k.weight, &self.v.weight], 0)?;
         let qkv = Linear::new(w).forward(x)?;
-        let dims = crate::fused::AttnDims {
+        let dims = crate::kernels::AttnDims {
             n_heads: self.n_heads,
             n_kv_heads: self.n_kv_heads,
             head_dim: self.head_dim,
         };
-        let y = crate::fused::attention(&qkv, dims, &ctx.cos, &ctx.sin, &ctx.blocks)?;
+        let blocks: Vec<VisibleBlock> = ctx.blocks.iter().map(QueryBlock::visible_block).collect();
+        let y = crate::kernels::attention(&qkv, dims, &ctx.cos, &ctx.sin, &blocks)?;
         self.o.forward(&y)
     }
 
     /// [`Attention::forward`] as a chain of candle ops per query block (any device and dtype; the
-    /// reference the fused kernel is tested against).
+    /// reference the attention kernel is tested against).
     pub fn forward_composed(&self, x: &Tensor, ctx: &AttnCtx) -> Result<Tensor> {
         let (q, k, v) = self.qkv(x, &ctx.cos, &ctx.sin, ctx.fused)?;
         let mut outs = Vec::with_capacity(ctx.blocks.len());

@@ -8,8 +8,9 @@
 //!   the rest top-2 MoE with a softmax router, the Switch load-balancing loss and the router z-loss, and
 //!   per-expert token counts ([`ModelOutput`]).
 //! - Training uses only differentiable compositions ([`ops`]): candle 0.11's fused `rms_norm`,
-//!   `softmax_last_dim` and `rope` have no backward. Inference may switch to the fused kernels
-//!   ([`TardBot::with_fused_kernels`]).
+//!   `softmax_last_dim` and `rope` have no backward. On CPU in f32/f64 the compositions run as
+//!   [`kernels`]: custom ops with their own backward (one candle node each). Inference may switch to
+//!   candle's fused, forward-only kernels ([`TardBot::with_fused_kernels`]).
 //! - Initialisation: seeded scaled normal ([`init_weights`]).
 //! - Safetensors save/load with stable names ([`io`]).
 //! - KV-cache generation (ring buffer of the window size), temperature/top-k/top-p sampling with a seeded
@@ -37,9 +38,9 @@ pub mod attention;
 pub mod bench;
 pub mod error;
 pub mod expert_store;
-pub mod fused;
 pub mod generate;
 pub mod io;
+pub mod kernels;
 pub mod mlp;
 pub mod model;
 pub mod moe;
@@ -47,6 +48,9 @@ pub mod ops;
 pub mod profile;
 pub mod rng;
 pub mod stored_expert;
+
+/// The former name of [`kernels`] (kept so that `tardbot_model::fused::linear` and the like resolve).
+pub use kernels as fused;
 
 pub use attention::{AttnCtx, LayerKvCache};
 pub use bench::{BenchGenerateOptions, bench_generate};
@@ -63,5 +67,7 @@ pub use tardbot_core::ModelConfig;
 pub use candle_core;
 pub use candle_nn;
 
+#[cfg(test)]
+mod test_util;
 #[cfg(test)]
 mod tests;

@@ -38,8 +38,8 @@ impl SwiGlu {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let g = self.gate.forward(x)?;
         let u = self.up.forward(x)?;
-        let h = if crate::fused::cpu_float(&g) && !self.gate.is_quantized() {
-            crate::fused::swiglu(&g, &u)?
+        let h = if crate::kernels::cpu_float(&g) && !self.gate.is_quantized() {
+            crate::kernels::swiglu(&g, &u)?
         } else {
             (g.silu()? * u)?
         };

@@ -496,8 +496,8 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor, mask: Option<&Tensor>) -
         DType::F32
     };
     let l = logits.reshape((b * t, v))?.to_dtype(dt)?;
-    let nll = if crate::fused::cpu_float(&l) {
-        crate::fused::cross_entropy_rows(&l, targets.flatten_all()?.to_vec1::<u32>()?)?
+    let nll = if crate::kernels::cpu_float(&l) {
+        crate::kernels::cross_entropy_rows(&l, targets.flatten_all()?.to_vec1::<u32>()?)?
     } else {
         let tgt = l.gather(&targets.reshape((b * t, 1))?, D::Minus1)?;
         (logsumexp(&l)? - tgt)?.flatten_all()?

@@ -1,6 +1,8 @@
 //! Differentiable building blocks. candle 0.11's fused `rms_norm`, `softmax_last_dim` and `rope*` have no
 //! backward (gradients silently stop), so training uses the compositions below; inference may switch to
-//! the fused kernels (`fused = true`), which compute the same function (tested).
+//! candle's fused, forward-only kernels (`fused = true`), which compute the same function (tested).
+//! On CPU in f32/f64 the compositions give way to the custom ops of [`crate::kernels`], which have
+//! their own backward.
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{D, DType, Module, Tensor};
@@ -12,8 +14,8 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, fused: bool) -> Result<Tensor>
     if fused {
         return Ok(candle_nn::ops::rms_norm(x, w, eps as f32)?);
     }
-    if crate::fused::cpu_float(x) {
-        return Ok(crate::fused::rms_norm(x, w, eps)?);
+    if crate::kernels::cpu_float(x) {
+        return Ok(crate::kernels::rms_norm(x, w, eps)?);
     }
     let r = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
     Ok(x.broadcast_mul(&r)?.broadcast_mul(w)?)
@@ -67,8 +69,8 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, fused: bool) -> Result<Tenso
     if fused {
         return Ok(candle_nn::rotary_emb::rope_i(&x.contiguous()?, cos, sin)?);
     }
-    if crate::fused::cpu_float(x) {
-        return Ok(crate::fused::rope(x, cos, sin)?);
+    if crate::kernels::cpu_float(x) {
+        return Ok(crate::kernels::rope(x, cos, sin)?);
     }
     rope_composed(x, cos, sin)
 }
@@ -119,8 +121,8 @@ impl Linear {
 
     /// `x` of shape (..., in) to (..., out).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if self.q8.is_none() && crate::fused::cpu_float(x) && x.dtype() == self.weight.dtype() {
-            return Ok(crate::fused::linear(x, &self.weight)?);
+        if self.q8.is_none() && crate::kernels::cpu_float(x) && x.dtype() == self.weight.dtype() {
+            return Ok(crate::kernels::linear(x, &self.weight)?);
         }
         let dims = x.dims().to_vec();
         let inp = *dims
@@ -145,42 +147,23 @@ impl Linear {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::{check_against_composition, max_abs_diff, randn_f32, randn_f64};
     use candle_core::Device;
-
-    fn randn(shape: &[usize], seed: u64) -> Tensor {
-        let mut r = crate::rng::Rng::new(seed);
-        let n = shape.iter().product();
-        let v: Vec<f32> = (0..n).map(|_| r.normal() as f32).collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     #[test]
     fn differentiable_ops_match_fused_kernels() {
-        let x = randn(&[2, 3, 5, 8], 1);
-        let w = randn(&[8], 2);
+        let x = randn_f32(&[2, 3, 5, 8], 1);
+        let w = randn_f32(&[8], 2);
         let a = rms_norm(&x, &w, 1e-5, false).unwrap();
         let b = rms_norm(&x, &w, 1e-5, true).unwrap();
-        assert!(max_abs_diff(&a, &b) < 1e-5);
+        assert!(max_abs_diff::<f32>(&a, &b) < 1e-5);
         let a = softmax(&x, false).unwrap();
         let b = softmax(&x, true).unwrap();
-        assert!(max_abs_diff(&a, &b) < 1e-6);
+        assert!(max_abs_diff::<f32>(&a, &b) < 1e-6);
         let (cos, sin) = rope_tables(3, 5, 8, 10_000.0, DType::F32, &Device::Cpu).unwrap();
         let a = rope(&x, &cos, &sin, false).unwrap();
         let b = rope(&x, &cos, &sin, true).unwrap();
-        assert!(max_abs_diff(&a, &b) < 1e-5);
+        assert!(max_abs_diff::<f32>(&a, &b) < 1e-5);
     }
 
     #[test]
@@ -202,14 +185,14 @@ mod tests {
 
     #[test]
     fn int8_linear_is_close() {
-        let w = (randn(&[64, 128], 3) * 0.05).unwrap();
-        let x = randn(&[4, 128], 4);
+        let w = (randn_f32(&[64, 128], 3) * 0.05).unwrap();
+        let x = randn_f32(&[4, 128], 4);
         let l = Linear::new(w);
         let q = l.quantized().unwrap();
         assert!(q.is_quantized());
         let a = l.forward(&x).unwrap();
         let b = q.forward(&x).unwrap();
-        let rel = max_abs_diff(&a, &b)
+        let rel = max_abs_diff::<f32>(&a, &b)
             / a.abs()
                 .unwrap()
                 .flatten_all()
@@ -219,6 +202,53 @@ mod tests {
                 .to_scalar::<f32>()
                 .unwrap();
         assert!(rel < 0.02, "relative error {rel}");
+    }
+
+    // The kernels (crate::kernels) against the compositions above, values and gradients in f64.
+
+    #[test]
+    fn masked_softmax_matches_composition() {
+        // (b=2, g=2, rep=1, tq=3, tk=5) with a per-batch mask; each row keeps at least one key.
+        let mut m = vec![0f64; 2 * 3 * 5];
+        for (i, v) in m.iter_mut().enumerate() {
+            if i % 3 == 1 && i % 5 != 0 {
+                *v = f64::NEG_INFINITY;
+            }
+        }
+        let mask = Tensor::from_vec(m, (2, 1, 1, 3, 5), &Device::Cpu).unwrap();
+        let s = randn_f64(&[2, 2, 1, 3, 5], 5);
+        check_against_composition(
+            &[s],
+            |t| crate::kernels::masked_softmax(&t[0], &mask).unwrap(),
+            |t| crate::ops::softmax(&t[0].broadcast_add(&mask).unwrap(), false).unwrap(),
+        );
+    }
+
+    #[test]
+    fn cross_entropy_matches_composition() {
+        let tg = vec![3u32, 0, 6, 2];
+        let tt = Tensor::from_vec(tg.clone(), (4, 1), &Device::Cpu).unwrap();
+        check_against_composition(
+            &[randn_f64(&[4, 7], 6)],
+            |t| crate::kernels::cross_entropy_rows(&t[0], tg.clone()).unwrap(),
+            |t| {
+                (crate::ops::logsumexp(&t[0]).unwrap() - t[0].gather(&tt, 1).unwrap())
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+            },
+        );
+    }
+
+    #[test]
+    fn rope_matches_composition() {
+        let (cos, sin) =
+            crate::ops::rope_tables(2, 5, 8, 10_000.0, DType::F64, &Device::Cpu).unwrap();
+        check_against_composition(
+            &[randn_f64(&[2, 3, 5, 8], 7)],
+            |t| crate::kernels::rope(&t[0], &cos, &sin).unwrap(),
+            |t| crate::ops::rope_composed(&t[0], &cos, &sin).unwrap(),
+        );
     }
 }
 

@@ -5,30 +5,8 @@ use candle_core::{DType, Device, Tensor, backprop::GradStore};
 use tardbot_core::ModelConfig;
 
 use crate::attention::AttnCtx;
+use crate::test_util::{ids, max_abs_diff_as_f64, micro, proc_status_kib};
 use crate::*;
-
-fn micro() -> ModelConfig {
-    ModelConfig::from_preset("micro").expect("micro preset")
-}
-
-fn ids(cfg: &ModelConfig, b: usize, t: usize, seed: u64) -> Tensor {
-    let mut r = crate::rng::Rng::new(seed);
-    let v: Vec<u32> = (0..b * t)
-        .map(|_| (r.next_u64() % cfg.vocab_size as u64) as u32)
-        .collect();
-    Tensor::from_vec(v, (b, t), &Device::Cpu).unwrap()
-}
-
-fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
-    (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap()
-}
 
 #[test]
 fn param_counts_match_real_tensors() {
@@ -67,8 +45,8 @@ fn total_loss(
 /// Central finite differences in f64 on every parameter tensor of the micro model (dense + MoE layers,
 /// router and every expert, tied embedding, norms): a random direction per tensor plus its largest-gradient
 /// element and two random elements. Returns the worst relative error.
-/// Exact resume needs the same bits run to run at a fixed thread count, also where the fused kernels
-/// split work over many rayon tasks (here 16 chunks of rows for the RMSNorm weight gradient).
+/// Exact resume needs the same bits run to run at a fixed thread count, also where the kernels
+/// ([`crate::kernels`]) split work over many rayon tasks (here 16 chunks of rows for the RMSNorm weight gradient).
 #[test]
 fn fused_rmsnorm_backward_is_deterministic_over_many_tasks() {
     let dev = Device::Cpu;
@@ -76,7 +54,7 @@ fn fused_rmsnorm_backward_is_deterministic_over_many_tasks() {
     let g = Tensor::randn(0f32, 1.0, (4096, 64), &dev).unwrap();
     let w = candle_core::Var::from_tensor(&Tensor::randn(1f32, 0.1, 64, &dev).unwrap()).unwrap();
     let run = || -> Vec<u32> {
-        let y = crate::fused::rms_norm(&x, w.as_tensor(), 1e-5).unwrap();
+        let y = crate::kernels::rms_norm(&x, w.as_tensor(), 1e-5).unwrap();
         let grads = (y * &g).unwrap().sum_all().unwrap().backward().unwrap();
         let dw = grads.get(w.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
         dw.iter().map(|v| v.to_bits()).collect()
@@ -323,10 +301,10 @@ fn documents_do_not_see_each_other() {
     let la = model.forward(&a, Some(&docs)).unwrap().logits;
     let lb = model.forward(&b, Some(&docs)).unwrap().logits;
     assert_eq!(
-        max_abs(&la.narrow(1, 4, 6).unwrap(), &lb.narrow(1, 4, 6).unwrap()),
+        max_abs_diff_as_f64(&la.narrow(1, 4, 6).unwrap(), &lb.narrow(1, 4, 6).unwrap()),
         0.0
     );
-    assert!(max_abs(&la.narrow(1, 1, 3).unwrap(), &lb.narrow(1, 1, 3).unwrap()) > 1e-6);
+    assert!(max_abs_diff_as_f64(&la.narrow(1, 1, 3).unwrap(), &lb.narrow(1, 1, 3).unwrap()) > 1e-6);
 }
 
 #[test]
@@ -354,7 +332,7 @@ fn kv_cache_decoding_equals_full_forward_beyond_window() {
                 s += n;
             }
             let inc = Tensor::cat(&parts, 1).unwrap();
-            let err = max_abs(&full, &inc);
+            let err = max_abs_diff_as_f64(&full, &inc);
             let tol = if fused { 1e-4 } else { 1e-11 };
             assert!(err < tol, "fused {fused} chunk {chunk}: {err}");
             assert!(
@@ -377,7 +355,7 @@ fn fused_inference_kernels_match_training_path() {
         .forward(&x, None)
         .unwrap()
         .logits;
-    assert!(max_abs(&a, &b) < 1e-4);
+    assert!(max_abs_diff_as_f64(&a, &b) < 1e-4);
 }
 
 #[test]
@@ -453,7 +431,7 @@ fn safetensors_round_trip() {
     let (b, vm2) = load_model(&cfg, &path, DType::F32, &dev).unwrap();
     let x = ids(&cfg, 1, 7, 1);
     assert_eq!(
-        max_abs(
+        max_abs_diff_as_f64(
             &a.forward(&x, None).unwrap().logits,
             &b.forward(&x, None).unwrap().logits
         ),
@@ -615,16 +593,6 @@ fn bench_generate_mac_nano() {
     println!("{v}");
 }
 
-fn rss_kib(field: &str) -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    s.lines()
-        .find(|l| l.starts_with(field))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 /// Measured peak RSS of one CPU training step (forward, backward, an AdamW-style update with two f32
 /// moments per parameter) against `describe()`'s prediction. Linux only (reads /proc/self/status); run
 /// alone so that no other test shares the process:
@@ -641,7 +609,7 @@ fn training_memory_matches_describe() {
             .unwrap_or(d)
     };
     let (batch, seq) = (env("TARDBOT_MEM_BATCH", 8), env("TARDBOT_MEM_SEQ", 256));
-    let Some(base) = rss_kib("VmRSS:") else {
+    let Some(base) = proc_status_kib("VmRSS:") else {
         eprintln!("skipped: no /proc/self/status");
         return;
     };
@@ -658,7 +626,7 @@ fn training_memory_matches_describe() {
     {
         let out = model.forward(&inp, None).unwrap();
         let loss = model.loss(&out, &tgt, None).unwrap().total;
-        let after_fwd = rss_kib("VmRSS:").unwrap_or(0);
+        let after_fwd = proc_status_kib("VmRSS:").unwrap_or(0);
         eprintln!(
             "after forward: {:.1} MiB above baseline",
             (after_fwd.saturating_sub(base)) as f64 / 1024.0
@@ -675,7 +643,7 @@ fn training_memory_matches_describe() {
                 .unwrap();
         }
     }
-    let peak = rss_kib("VmHWM:").unwrap();
+    let peak = proc_status_kib("VmHWM:").unwrap();
     let measured = (peak - base) as f64 * 1024.0;
     let predicted = cfg.memory(batch, seq, cfg.n_experts).total(false) as f64;
     let ratio = measured / predicted;
@@ -756,7 +724,7 @@ fn fused_attention_matches_composed_path_f64() {
             let ctx = AttnCtx::new(&cfg, t, 0, docs.as_deref(), false, DType::F64, &dev).unwrap();
             let fused = att.forward(x.as_tensor(), &ctx).unwrap();
             let composed = att.forward_composed(x.as_tensor(), &ctx).unwrap();
-            let err = max_abs(&fused, &composed);
+            let err = max_abs_diff_as_f64(&fused, &composed);
             assert!(err < 1e-12, "shape {si}: outputs differ by {err}");
             let gf = (&fused * &c)
                 .unwrap()
@@ -778,8 +746,8 @@ fn fused_attention_matches_composed_path_f64() {
                 ("o", &att.o.weight),
             ] {
                 let (a, b) = (gf.get(tensor).unwrap(), gc.get(tensor).unwrap());
-                let scale = max_abs(b, &b.zeros_like().unwrap()).max(1.0);
-                let err = max_abs(a, b) / scale;
+                let scale = max_abs_diff_as_f64(b, &b.zeros_like().unwrap()).max(1.0);
+                let err = max_abs_diff_as_f64(a, b) / scale;
                 assert!(err < 1e-10, "shape {si}, {name}: gradients differ by {err}");
             }
         }

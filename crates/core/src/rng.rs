@@ -9,6 +9,24 @@ impl SplitMix64 {
         SplitMix64(seed)
     }
 
+    /// The stream of `seed` mixed with the golden ratio first: the stream model initialisation and
+    /// sampling have always drawn from (a different first value than [`SplitMix64::new`]'s).
+    pub fn scrambled(seed: u64) -> Self {
+        SplitMix64(seed ^ 0x9E37_79B9_7F4A_7C15)
+    }
+
+    /// A generator derived from `seed` and a name, so a tensor's values do not depend on the order
+    /// tensors are initialised in.
+    pub fn for_name(seed: u64, name: &str) -> Self {
+        // FNV-1a over the name, mixed with the seed.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in name.bytes() {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x100_0000_01b3);
+        }
+        Self::scrambled(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ h)
+    }
+
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
@@ -59,6 +77,10 @@ mod tests {
         assert!(mean.abs() < 0.03, "{mean}");
         assert!((var - 1.0).abs() < 0.05, "{var}");
         assert_eq!(SplitMix64::new(7).next_u64(), SplitMix64::new(7).next_u64());
+        assert_ne!(
+            SplitMix64::for_name(1, "a").next_u64(),
+            SplitMix64::for_name(1, "b").next_u64()
+        );
     }
 
     #[test]

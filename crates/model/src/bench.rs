@@ -58,7 +58,7 @@ pub fn bench_generate(opts: &BenchGenerateOptions) -> Result<serde_json::Value> 
     let (model, _vm) = TardBot::new_random(&cfg, opts.seed, DType::F32, &dev)?;
     let model = model.with_fused_kernels(true);
     let q8 = model.quantize_int8()?;
-    let mut rng = crate::rng::Rng::new(opts.seed + 1);
+    let mut rng = tardbot_core::rng::SplitMix64::scrambled(opts.seed + 1);
     let prompt: Vec<u32> = (0..opts.prompt_tokens)
         .map(|_| (rng.next_u64() % cfg.vocab_size as u64) as u32)
         .collect();

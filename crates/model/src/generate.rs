@@ -5,7 +5,7 @@ use std::time::Instant;
 use candle_core::{DType, Tensor};
 
 use crate::model::TardBot;
-use crate::rng::Rng;
+use tardbot_core::rng::SplitMix64;
 use crate::{ModelError, Result};
 
 /// How the next token is drawn from the logits.
@@ -35,7 +35,7 @@ impl Default for SamplingParams {
 #[derive(Clone, Debug)]
 pub struct Sampler {
     params: SamplingParams,
-    rng: Rng,
+    rng: SplitMix64,
 }
 
 impl Sampler {
@@ -52,7 +52,7 @@ impl Sampler {
                 params.top_p
             )));
         }
-        let rng = Rng::new(params.seed);
+        let rng = SplitMix64::scrambled(params.seed);
         Ok(Sampler { params, rng })
     }
 

@@ -46,11 +46,8 @@ pub mod model;
 pub mod moe;
 pub mod ops;
 pub mod profile;
-pub mod rng;
 pub mod stored_expert;
 
-/// The former name of [`kernels`] (kept so that `tardbot_model::fused::linear` and the like resolve).
-pub use kernels as fused;
 
 pub use attention::{AttnCtx, LayerKvCache};
 pub use bench::{BenchGenerateOptions, bench_generate};

@@ -14,7 +14,7 @@ use crate::expert_store::{ExpertStore, StoreLayout};
 use crate::mlp::SwiGlu;
 use crate::moe::{Moe, MoeStats};
 use crate::ops::{Linear, logsumexp, rms_norm};
-use crate::rng::Rng;
+use tardbot_core::rng::SplitMix64;
 use crate::{ModelError, Result};
 
 /// The feed-forward half of a block.
@@ -580,7 +580,7 @@ fn init_values(cfg: &ModelConfig, seed: u64, name: &str, n: usize) -> Vec<f64> {
     } else {
         cfg.init_std
     };
-    let mut r = Rng::for_name(seed, name);
+    let mut r = SplitMix64::for_name(seed, name);
     (0..n).map(|_| r.normal() * std).collect()
 }
 

@@ -261,7 +261,7 @@ mod bench_tests {
     #[test]
     #[ignore = "timing"]
     fn int8_matvec_speed() {
-        let mut r = crate::rng::Rng::new(1);
+        let mut r = tardbot_core::rng::SplitMix64::scrambled(1);
         for (o, i, m) in [
             (1792, 448, 1),
             (448, 1792, 1),

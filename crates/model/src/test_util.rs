@@ -11,16 +11,16 @@ pub fn micro() -> ModelConfig {
 
 /// Random token ids (b, t) below `cfg.vocab_size`, seeded.
 pub fn ids(cfg: &ModelConfig, b: usize, t: usize, seed: u64) -> Tensor {
-    let mut r = crate::rng::Rng::new(seed);
+    let mut r = tardbot_core::rng::SplitMix64::scrambled(seed);
     let v: Vec<u32> = (0..b * t)
         .map(|_| (r.next_u64() % cfg.vocab_size as u64) as u32)
         .collect();
     Tensor::from_vec(v, (b, t), &Device::Cpu).unwrap()
 }
 
-/// Standard normal f64 values of `shape`, seeded ([`crate::rng::Rng`]).
+/// Standard normal f64 values of `shape`, seeded ([`SplitMix64`](tardbot_core::rng::SplitMix64)).
 pub fn randn_f64(shape: &[usize], seed: u64) -> Tensor {
-    let mut r = crate::rng::Rng::new(seed);
+    let mut r = tardbot_core::rng::SplitMix64::scrambled(seed);
     let n = shape.iter().product();
     let v: Vec<f64> = (0..n).map(|_| r.normal()).collect();
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
@@ -28,7 +28,7 @@ pub fn randn_f64(shape: &[usize], seed: u64) -> Tensor {
 
 /// The values of [`randn_f64`], each rounded to f32.
 pub fn randn_f32(shape: &[usize], seed: u64) -> Tensor {
-    let mut r = crate::rng::Rng::new(seed);
+    let mut r = tardbot_core::rng::SplitMix64::scrambled(seed);
     let n = shape.iter().product();
     let v: Vec<f32> = (0..n).map(|_| r.normal() as f32).collect();
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap()

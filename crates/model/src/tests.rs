@@ -106,7 +106,7 @@ fn finite_difference_gradients_f64() {
     let grads: GradStore = loss.backward().unwrap();
     let eps = 1e-5;
     let mut worst: f64 = 0.0;
-    let mut rng = crate::rng::Rng::new(99);
+    let mut rng = tardbot_core::rng::SplitMix64::scrambled(99);
     for (name, var) in named_vars(&vm) {
         let g = grads
             .get(var.as_tensor())
@@ -244,7 +244,7 @@ fn sliding_window_matches_explicit_banded_mask() {
     let dev = Device::Cpu;
     let (model, _) = TardBot::new_random(&cfg, 3, DType::F64, &dev).unwrap();
     let (b, t) = (2, 13);
-    let mut r = crate::rng::Rng::new(4);
+    let mut r = tardbot_core::rng::SplitMix64::scrambled(4);
     let xv: Vec<Vec<Vec<f64>>> = (0..b)
         .map(|_| {
             (0..t)
@@ -697,7 +697,7 @@ fn fused_attention_matches_composed_path_f64() {
         cfg.max_seq_len = 256;
         let (model, _) = TardBot::new_random(&cfg, 7 + si as u64, DType::F64, &dev).unwrap();
         let att = &model.blocks[0].attn;
-        let mut r = crate::rng::Rng::new(100 + si as u64);
+        let mut r = tardbot_core::rng::SplitMix64::scrambled(100 + si as u64);
         let xv: Vec<f64> = (0..b * t * hidden).map(|_| r.normal()).collect();
         let x = candle_core::Var::from_tensor(&Tensor::from_vec(xv, (b, t, hidden), &dev).unwrap())
             .unwrap();

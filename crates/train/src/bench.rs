@@ -65,7 +65,7 @@ fn random_batch(
     seed: u64,
     learnable: bool,
 ) -> Result<TokenBatch> {
-    let mut r = tardbot_model::rng::Rng::new(seed);
+    let mut r = tardbot_core::rng::SplitMix64::scrambled(seed);
     let v = cfg.vocab_size as u64;
     let ids: Vec<u32> = if learnable {
         (0..batch)

@@ -4,7 +4,7 @@
 //! Two figures, each on every thread of the current rayon pool at once:
 //! - **FMA peak**: independent fused multiply-add chains in registers (no memory traffic): the
 //!   ceiling of any fp32 kernel. MFU is reported against this one.
-//! - **sgemm**: a 1024³ fp32 matrix product through the model's own [`fused::linear`] (the op
+//! - **sgemm**: a 1024³ fp32 matrix product through the model's own [`kernels::linear`] (the op
 //!   every projection uses): what a well-tiled matmul reaches here, for "how close to achievable".
 //!
 //! On a shared virtual machine the peak moves with the host's load: `shared/bench/README.md` quotes
@@ -15,7 +15,7 @@
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use tardbot_model::fused;
+use tardbot_model::kernels;
 
 use crate::trainer::Result;
 
@@ -24,7 +24,7 @@ use crate::trainer::Result;
 pub struct Fp32Peak {
     /// Independent FMA chains on every pool thread, GFLOP/s.
     pub fma_gflops: f64,
-    /// A 1024³ matmul through [`fused::linear`], GFLOP/s.
+    /// A 1024³ matmul through [`kernels::linear`], GFLOP/s.
     pub sgemm_gflops: f64,
 }
 
@@ -89,14 +89,14 @@ fn fma_gflops(iters: u64) -> f64 {
     flops / secs / 1e9
 }
 
-/// GFLOP/s of `reps` products of (n × n)·(n × n)ᵀ through [`fused::linear`].
+/// GFLOP/s of `reps` products of (n × n)·(n × n)ᵀ through [`kernels::linear`].
 fn sgemm_gflops(n: usize, reps: usize) -> Result<f64> {
     let a = Tensor::ones((n, n), candle_core::DType::F32, &Device::Cpu)?;
     let b = (Tensor::ones((n, n), candle_core::DType::F32, &Device::Cpu)? * 0.5)?;
-    fused::linear(&a, &b)?; // warm-up: page in, spin up the pool
+    kernels::linear(&a, &b)?; // warm-up: page in, spin up the pool
     let t = Instant::now();
     for _ in 0..reps {
-        std::hint::black_box(fused::linear(&a, &b)?);
+        std::hint::black_box(kernels::linear(&a, &b)?);
     }
     Ok(2.0 * (n * n * n * reps) as f64 / t.elapsed().as_secs_f64() / 1e9)
 }

@@ -42,13 +42,9 @@ pub struct Fixture {
     pub succeeded: Run,
 }
 
-/// Deterministic noise in [-1, 1] (splitmix64).
+/// Deterministic noise in [-1, 1]: the first draw of the pipeline's seeded generator for `i`.
 pub fn noise(i: u64) -> f64 {
-    let mut z = i.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    (z >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+    tardbot_core::rng::SplitMix64::new(i).uniform() * 2.0 - 1.0
 }
 
 fn hash(seed: u64) -> String {

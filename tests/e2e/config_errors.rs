@@ -123,6 +123,42 @@ fn cases() -> Vec<Case> {
             message: "exceed",
         },
         Case {
+            name: "unknown key in a chat stage's own data section",
+            text: base(
+                "",
+                model,
+                "[sft]\nsteps = 2\nbatch_size = 2\nseq_len = 64\nlr = 0.001\nwarmup_steps = 0\n[data.sft]\nper_knd = 3\n",
+            ),
+            marker: "per_knd",
+            field: "`data.sft.per_knd`",
+            message: "unknown field",
+        },
+        Case {
+            name: "wrong type in a chat stage's training section",
+            text: base(
+                "",
+                model,
+                "[cot]\nsteps = \"many\"\nbatch_size = 2\nseq_len = 64\nlr = 0.001\n",
+            ),
+            marker: "many",
+            field: "`cot.steps`",
+            message: "invalid type",
+        },
+        Case {
+            name: "a section no stage owns",
+            text: base("", model, "[sfft]\nsteps = 3\n"),
+            marker: "[sfft]",
+            field: "`sfft`",
+            message: "not a section of any stage",
+        },
+        Case {
+            name: "execution settings for a stage that does not train",
+            text: base("[execution.stages.ingest]\nthreads = 1", model, ""),
+            marker: "[execution.stages.ingest]",
+            field: "`execution.stages.ingest`",
+            message: "not a training stage",
+        },
+        Case {
             name: "unknown model override",
             text: base(
                 "",

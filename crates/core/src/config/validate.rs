@@ -488,3 +488,63 @@ fn first_key_span(v: &Spanned<DeValue<'_>>) -> Range<usize> {
         _ => v.span(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{PipelineConfig, TrainConfig};
+    use serde::Deserialize;
+    use std::path::Path;
+
+    #[derive(Debug, Default, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields, default)]
+    struct Data {
+        per_kind: usize,
+        file: Option<String>,
+    }
+
+    const TEXT: &str = "[model]\npreset = \"tiny\"\n[ingest]\nsources = []\nenabled = false\n\n\
+                        [sft]\nsteps = 3\nbatch_size = 2\nseq_len = 8\nlr = 0.01\n\n\
+                        [data.sft]\nper_kind = 4\n\n[data.cot]\nper_knd = 2\nfile = 7\n";
+
+    fn load(text: &str) -> PipelineConfig {
+        PipelineConfig::from_text(text, Path::new("p.toml"), Path::new(".")).expect("core sections")
+    }
+
+    #[test]
+    fn stage_tables_are_left_to_their_stages_and_parsed_with_lines() {
+        let cfg = load(TEXT);
+        let names: Vec<&str> = cfg.stage_tables().iter().map(String::as_str).collect();
+        assert_eq!(names, ["data", "sft"]);
+        let sft: TrainConfig = cfg.section(&["sft"]).unwrap().unwrap();
+        assert_eq!((sft.steps, sft.batch_size), (3, 2));
+        assert_eq!(
+            cfg.section::<Data>(&["data", "sft"]).unwrap(),
+            Some(Data {
+                per_kind: 4,
+                file: None
+            })
+        );
+        assert_eq!(cfg.section::<Data>(&["data", "toolcall"]).unwrap(), None);
+        // Every problem of a stage's table at once, each with its line and dotted field.
+        let err = cfg.section::<Data>(&["data", "cot"]).unwrap_err();
+        let found: Vec<(usize, &str)> = err
+            .problems()
+            .iter()
+            .map(|p| (p.line, p.field.as_str()))
+            .collect();
+        assert_eq!(found, [(17, "data.cot.per_knd"), (18, "data.cot.file")], "{err}");
+        assert_eq!(cfg.keys_under(&["data"]), ["cot", "sft"]);
+    }
+
+    #[test]
+    fn a_scalar_no_section_declares_is_still_an_unknown_field() {
+        let err = PipelineConfig::from_text(
+            &format!("colour = 3\n{TEXT}"),
+            Path::new("p.toml"),
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert_eq!(err.problems()[0].field, "colour");
+        assert!(err.problems()[0].message.contains("unknown field"));
+    }
+}

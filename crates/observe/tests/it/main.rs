@@ -11,6 +11,7 @@
 
 mod dashboards;
 mod fixture;
+mod png;
 mod prometheus;
 mod querying;
 mod report;

@@ -349,16 +349,11 @@ async fn report_renders_in_headless_chromium() {
         Duration::from_secs(120),
     );
     assert!(ok && png.exists(), "chromium --screenshot failed: {stderr}");
-    let decoder = png::Decoder::new(std::io::BufReader::new(
-        std::fs::File::open(&png).expect("open png"),
-    ));
-    let mut reader = decoder.read_info().expect("png header");
-    let mut buf = vec![0; reader.output_buffer_size()];
-    let info = reader.next_frame(&mut buf).expect("png frame");
-    assert_eq!((info.width, info.height), (1400, 2400), "window size");
-    let channels = info.color_type.samples();
+    let image = crate::png::decode(&std::fs::read(&png).expect("read png")).expect("png");
+    assert_eq!((image.width, image.height), (1400, 2400), "window size");
+    let channels = image.channels;
     assert!(channels >= 3, "colour screenshot");
-    let pixels = buf[..info.buffer_size()].chunks(channels);
+    let pixels = image.pixels.chunks(channels);
     let (mut non_background, mut loss_blue, mut total) = (0usize, 0usize, 0usize);
     for p in pixels {
         total += 1;

@@ -6,7 +6,10 @@ use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tardbot-pipeline");
 
-const PRETRAIN: &str = "[pretrain]\nsteps = 10\nbatch_size = 4\nseq_len = 64\nlr = 0.001\n";
+/// A valid `[pretrain]` section (keys can be appended) after the `[tokenize]` whose shards it reads:
+/// the two sequence lengths must agree.
+const PRETRAIN: &str =
+    "[tokenize]\nseq_len = 64\n[pretrain]\nsteps = 10\nbatch_size = 4\nseq_len = 64\nlr = 0.001\n";
 
 fn base(extra_top: &str, model: &str, sections: &str) -> String {
     format!(
@@ -168,6 +171,26 @@ fn cases() -> Vec<Case> {
             marker: "[model.overrides]",
             field: "`model.overrides`",
             message: "not a model setting",
+        },
+        Case {
+            name: "token shards packed for another sequence length than pretraining",
+            text: base(
+                "",
+                model,
+                &PRETRAIN.replacen("seq_len = 64", "seq_len = 999999", 1),
+            ),
+            // pretrain's own `seq_len = 64` (tokenize's line now reads 999999).
+            marker: "seq_len = 64",
+            field: "`pretrain.seq_len`",
+            message: "64 differs from tokenize.seq_len 999999",
+        },
+        Case {
+            name: "no held-out documents for pretraining",
+            text: base("", model, PRETRAIN)
+                .replace("[ingest]\n", "[ingest]\nvalidation_fraction = 0.0\n"),
+            marker: "validation_fraction",
+            field: "`ingest.validation_fraction`",
+            message: "validation token shards",
         },
     ]
 }

@@ -2,7 +2,7 @@
 
 use crate::db::{Context, Ledger, LedgerError, now_ms};
 use crate::types::Artifact;
-use sqlx::Row;
+use sqlx::FromRow;
 
 /// An artifact to record: its files are already fsynced and renamed into place.
 pub struct NewArtifact<'a> {
@@ -57,17 +57,8 @@ impl Ledger {
         .await
         .ctx("select artifacts")?;
         rows.iter()
-            .map(|r| {
-                Ok(Artifact {
-                    id: r.try_get("id")?,
-                    attempt_id: r.try_get("attempt_id")?,
-                    kind: r.try_get("kind")?,
-                    path: r.try_get("path")?,
-                    hash: r.try_get("hash")?,
-                    bytes: r.try_get("bytes")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
+            .map(Artifact::from_row)
+            .collect::<Result<_, _>>()
             .ctx("decode artifacts")
     }
 

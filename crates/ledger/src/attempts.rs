@@ -2,31 +2,10 @@
 
 use crate::db::{Context, Ledger, LedgerError, now_ms};
 use crate::types::{AttemptStatus, StageAttempt};
-use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
+use sqlx::FromRow;
 
 const ATTEMPT_COLUMNS: &str = "id, run_id, stage, attempt, fingerprint, status, started_ms, ended_ms, heartbeat_ms, \
      error, resumed_from, cached_from";
-
-fn attempt_from_row(r: &SqliteRow) -> Result<StageAttempt, sqlx::Error> {
-    let status: String = r.try_get("status")?;
-    Ok(StageAttempt {
-        id: r.try_get("id")?,
-        run_id: r.try_get("run_id")?,
-        stage: r.try_get("stage")?,
-        attempt: r.try_get("attempt")?,
-        fingerprint: r.try_get("fingerprint")?,
-        status: status
-            .parse()
-            .map_err(|e: String| sqlx::Error::Decode(e.into()))?,
-        started_ms: r.try_get("started_ms")?,
-        ended_ms: r.try_get("ended_ms")?,
-        heartbeat_ms: r.try_get("heartbeat_ms")?,
-        error: r.try_get("error")?,
-        resumed_from: r.try_get("resumed_from")?,
-        cached_from: r.try_get("cached_from")?,
-    })
-}
 
 impl Ledger {
     /// Records a new attempt of `stage` in `run_id`, numbered after the previous ones.
@@ -73,7 +52,7 @@ impl Ledger {
             .await
             .ctx("select attempt")?
             .ok_or_else(|| LedgerError::NotFound(format!("no stage attempt {id}")))?;
-        attempt_from_row(&row).ctx("decode attempt")
+        StageAttempt::from_row(&row).ctx("decode attempt")
     }
 
     /// Every attempt of a run, in order of creation.
@@ -86,7 +65,7 @@ impl Ledger {
             .await
             .ctx("select attempts")?;
         rows.iter()
-            .map(attempt_from_row)
+            .map(StageAttempt::from_row)
             .collect::<Result<_, _>>()
             .ctx("decode attempts")
     }
@@ -144,7 +123,7 @@ impl Ledger {
             .fetch_optional(&self.pool)
             .await
             .ctx("find cached attempt")?;
-        row.map(|r| attempt_from_row(&r))
+        row.map(|r| StageAttempt::from_row(&r))
             .transpose()
             .ctx("decode attempt")
     }

@@ -2,21 +2,7 @@
 
 use crate::db::{Context, Ledger, LedgerError, now_ms};
 use crate::types::Checkpoint;
-use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
-
-fn checkpoint_from_row(r: &SqliteRow) -> Result<Checkpoint, sqlx::Error> {
-    Ok(Checkpoint {
-        id: r.try_get("id")?,
-        attempt_id: r.try_get("attempt_id")?,
-        step: r.try_get("step")?,
-        tokens: r.try_get("tokens")?,
-        path: r.try_get("path")?,
-        hash: r.try_get("hash")?,
-        bytes: r.try_get("bytes")?,
-        complete: r.try_get("complete")?,
-    })
-}
+use sqlx::FromRow;
 
 impl Ledger {
     /// Records a checkpoint whose files are complete and fsynced.
@@ -76,7 +62,7 @@ impl Ledger {
         .await
         .ctx("select checkpoints")?;
         rows.iter()
-            .map(checkpoint_from_row)
+            .map(Checkpoint::from_row)
             .collect::<Result<_, _>>()
             .ctx("decode checkpoints")
     }

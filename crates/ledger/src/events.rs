@@ -2,7 +2,7 @@
 
 use crate::db::{Context, Ledger, LedgerError, now_ms};
 use crate::types::{Eval, Event};
-use sqlx::Row;
+use sqlx::{FromRow, Row};
 
 impl Ledger {
     pub async fn event(
@@ -34,17 +34,8 @@ impl Ledger {
         .await
         .ctx("select events")?;
         rows.iter()
-            .map(|r| {
-                Ok(Event {
-                    id: r.try_get("id")?,
-                    time_ms: r.try_get("time_ms")?,
-                    run_id: r.try_get("run_id")?,
-                    attempt_id: r.try_get("attempt_id")?,
-                    kind: r.try_get("kind")?,
-                    payload: r.try_get("payload")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
+            .map(Event::from_row)
+            .collect::<Result<_, _>>()
             .ctx("decode events")
     }
 

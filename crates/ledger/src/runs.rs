@@ -2,34 +2,10 @@
 
 use crate::db::{Context, Ledger, LedgerError, now_ms};
 use crate::types::{Run, RunStatus};
-use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
+use sqlx::FromRow;
 
 const RUN_COLUMNS: &str = "id, name, config_toml, config_hash, config_dir, target_stages, status, created_ms, \
      started_ms, ended_ms, host, pid, heartbeat_ms";
-
-fn run_from_row(r: &SqliteRow) -> Result<Run, sqlx::Error> {
-    let status: String = r.try_get("status")?;
-    let targets: String = r.try_get("target_stages")?;
-    Ok(Run {
-        id: r.try_get("id")?,
-        name: r.try_get("name")?,
-        config_toml: r.try_get("config_toml")?,
-        config_hash: r.try_get("config_hash")?,
-        config_dir: r.try_get("config_dir")?,
-        target_stages: serde_json::from_str(&targets)
-            .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
-        status: status
-            .parse()
-            .map_err(|e: String| sqlx::Error::Decode(e.into()))?,
-        created_ms: r.try_get("created_ms")?,
-        started_ms: r.try_get("started_ms")?,
-        ended_ms: r.try_get("ended_ms")?,
-        host: r.try_get("host")?,
-        pid: r.try_get("pid")?,
-        heartbeat_ms: r.try_get("heartbeat_ms")?,
-    })
-}
 
 /// What a new run records about itself.
 pub struct NewRun<'a> {
@@ -80,7 +56,7 @@ impl Ledger {
             .await
             .ctx("select run")?;
         match row {
-            Some(r) => run_from_row(&r).ctx("decode run"),
+            Some(r) => Run::from_row(&r).ctx("decode run"),
             None => Err(LedgerError::NotFound(format!(
                 "no run named `{name_or_id}` in {} (see `tardbot-pipeline runs`)",
                 self.path().display()
@@ -96,7 +72,7 @@ impl Ledger {
             .await
             .ctx("select runs")?;
         rows.iter()
-            .map(run_from_row)
+            .map(Run::from_row)
             .collect::<Result<_, _>>()
             .ctx("decode runs")
     }

@@ -2,12 +2,12 @@
 
 use crate::db::read_pool;
 use crate::error::ObserveError;
-use crate::history::{AttemptInfo, AttemptMetrics, Curve, RunHistory, ordered_scalar_keys};
+use crate::history::{AttemptMetrics, Curve, RunHistory, ordered_scalar_keys};
 use crate::html::{bytes, count, delta, duration, esc, num, row, short_hash, slug, time_el, utc};
 use crate::plots::{Heatmap, Series, heatmap, line_chart, palette};
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use tardbot_ledger::{AttemptStatus, Ledger, RunStatus, now_ms};
+use tardbot_ledger::{AttemptDetail, AttemptStatus, Ledger, RunStatus, now_ms};
 
 /// Renders the report of run `run` (a name like `run-7` or an id like `7`) as one HTML document.
 ///
@@ -65,7 +65,7 @@ fn curve_points(c: &Curve) -> Vec<(f64, f64)> {
     c.iter().map(|&(s, v)| (s as f64, v)).collect()
 }
 
-fn attempt_label(a: &AttemptInfo) -> String {
+fn attempt_label(a: &AttemptDetail) -> String {
     let mut label = format!("attempt {} ({})", a.attempt.attempt, a.attempt.status);
     if let Some(step) = a.resumed_from_step {
         let _ = write!(label, ", resumed @ {step}");
@@ -368,7 +368,7 @@ impl Report<'_> {
         &self,
         out: &mut String,
         stage: &str,
-        attempts: &[(&AttemptInfo, &AttemptMetrics)],
+        attempts: &[(&AttemptDetail, &AttemptMetrics)],
     ) -> Result<(), ObserveError> {
         let sid = slug(stage);
         let last = attempts

@@ -263,13 +263,23 @@ pub struct ExpertsBenchArgs {
 }
 
 /// A cgroup with a memory limit that child processes join (v1 `memory` controller or v2), removed
-/// when dropped.
+/// when dropped. Linux only: elsewhere [`MemoryCap::new`] says so.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 struct MemoryCap {
     dir: std::path::PathBuf,
     procs: std::path::PathBuf,
 }
 
 impl MemoryCap {
+    #[cfg(not(target_os = "linux"))]
+    fn new(mib: u64) -> anyhow::Result<Self> {
+        anyhow::bail!(
+            "--memory-cap-mib {mib} needs Linux cgroups (the v1 memory controller or v2) and this \
+             platform has none; run the benchmark without a memory cap"
+        )
+    }
+
+    #[cfg(target_os = "linux")]
     fn new(mib: u64) -> anyhow::Result<Self> {
         use anyhow::Context;
         let name = format!("tardbot-bench-{}", std::process::id());

@@ -27,13 +27,31 @@ pub struct RunLock {
     _file: File,
 }
 
+/// This machine's name (`gethostname`), else `$HOSTNAME`, else `unknown-host`.
 pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .ok()
+    os_hostname()
         .filter(|s| !s.is_empty())
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "unknown-host".into())
+}
+
+#[cfg(unix)]
+fn os_hostname() -> Option<String> {
+    // POSIX caps host names at 255 bytes (HOST_NAME_MAX); one more for the NUL.
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is writable for its whole length, which is what we pass.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return None;
+    }
+    // A name that fills the buffer may come back without its NUL: take what is there.
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    Some(String::from_utf8_lossy(&buf[..end]).trim().to_string())
+}
+
+#[cfg(not(unix))]
+fn os_hostname() -> Option<String> {
+    None
 }
 
 impl RunLock {
@@ -86,6 +104,18 @@ impl RunLock {
                 false
             }
             Err(_) => true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hostname_is_the_kernels() {
+        let name = super::hostname();
+        assert!(!name.is_empty() && !name.contains('\0'), "{name:?}");
+        if let Ok(k) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+            assert_eq!(name, k.trim());
         }
     }
 }

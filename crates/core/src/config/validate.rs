@@ -160,6 +160,7 @@ pub(crate) fn parse_and_validate(
         cfg.stage_tables = stage_tables;
         let mut sem = Problems::default();
         cfg.check(&mut sem);
+        check_across_sections(&cfg, &|field| is_written(doc.get_ref(), field), &mut sem);
         problems.extend(cfg.locate(sem));
         problems.extend(extra(&cfg));
         if problems.is_empty() {
@@ -378,6 +379,64 @@ fn moved_hint(field: &str) -> &'static str {
     }
 }
 
+/// Constraints between sections that a stage would otherwise only find when it runs (e.g. pretraining
+/// on shards packed for another sequence length). `written` tells whether a dotted field is set in the
+/// file, so that a problem is reported where the user wrote something.
+pub(crate) fn check_across_sections(
+    cfg: &PipelineConfig,
+    written: &dyn Fn(&str) -> bool,
+    p: &mut Problems,
+) {
+    // pretrain reads the token shards `tokenize` packs in windows of `tokenize.seq_len + 1` tokens and
+    // refuses shards of any other length.
+    if cfg.pretrain.enabled && cfg.tokenize.enabled && cfg.pretrain.seq_len != cfg.tokenize.seq_len
+    {
+        let (t, pre) = (cfg.tokenize.seq_len, cfg.pretrain.seq_len);
+        let why = "the pretrain stage reads the token shards the tokenize stage packs for tokenize.seq_len \
+             and fails on any other length; set tokenize.seq_len and pretrain.seq_len to the same value";
+        if written("pretrain.seq_len") || !written("tokenize.seq_len") {
+            p.push(
+                "pretrain.seq_len",
+                format!("{pre} differs from tokenize.seq_len {t}: {why}"),
+            );
+        } else {
+            p.push(
+                "tokenize.seq_len",
+                format!("{t} differs from pretrain.seq_len {pre}: {why}"),
+            );
+        }
+    }
+    // With no held-out documents there are no validation token shards, which pretrain needs for its
+    // held-out loss.
+    if cfg.pretrain.enabled && cfg.ingest.enabled && cfg.ingest.validation_fraction == 0.0 {
+        p.push(
+            "ingest.validation_fraction",
+            "0 holds out no documents, but the pretrain stage evaluates on the validation split and fails \
+             without validation token shards; use a fraction above 0 (the default is 0.02) or disable [pretrain]"
+                .to_string(),
+        );
+    }
+}
+
+/// Whether the key named by a dotted path is written in the file (not left to its default).
+fn is_written(table: &DeTable<'_>, dotted: &str) -> bool {
+    let mut current = table;
+    let mut segs = dotted.split('.').peekable();
+    while let Some(seg) = segs.next() {
+        let Some((_, v)) = current.iter().find(|(k, _)| k.get_ref() == seg) else {
+            return false;
+        };
+        if segs.peek().is_none() {
+            return true;
+        }
+        match v.get_ref() {
+            DeValue::Table(t) => current = t,
+            _ => return false,
+        }
+    }
+    false
+}
+
 /// Blanks a line with spaces (byte offsets of the rest of the file stay valid for the spans of later
 /// errors); for a table header, the whole table up to the next header.
 fn blank_out(lines: &mut [String], line: usize) {
@@ -546,5 +605,105 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.problems()[0].field, "colour");
         assert!(err.problems()[0].message.contains("unknown field"));
+}
+
+/// Constraints between sections (`check_across_sections`).
+#[cfg(test)]
+mod cross_section_tests {
+    use super::ConfigError;
+    use crate::config::PipelineConfig;
+    use std::path::Path;
+
+    const HEAD: &str = "[model]\npreset = \"tiny\"\n[ingest]\n[[ingest.sources]]\nname = \"a\"\npath = \"x/*.txt\"\nformat = \"text\"\nlicense = \"pd\"\n";
+
+    fn train(section: &str, seq_len: usize) -> String {
+        format!("[{section}]\nsteps = 10\nbatch_size = 2\nseq_len = {seq_len}\nlr = 0.001\n")
+    }
+
+    fn load(rest: &str) -> Result<PipelineConfig, ConfigError> {
+        PipelineConfig::from_text(
+            &format!("{HEAD}{rest}"),
+            Path::new("pipeline.toml"),
+            Path::new("/nonexistent-base"),
+        )
+    }
+
+    /// The one problem of a config: (line, field, message).
+    fn only_problem(rest: &str) -> (usize, String, String) {
+        let e = load(rest).expect_err("invalid");
+        assert_eq!(e.problems().len(), 1, "{e}");
+        let p = &e.problems()[0];
+        (p.line, p.field.clone(), p.message.clone())
+    }
+
+    fn line_of(rest: &str, needle: &str) -> usize {
+        let text = format!("{HEAD}{rest}");
+        text.lines().position(|l| l.contains(needle)).expect(needle) + 1
+    }
+
+    #[test]
+    fn pretrain_and_tokenize_seq_len_must_agree() {
+        // Both written: reported at pretrain.seq_len, naming the other field and the fix.
+        let rest = format!("[tokenize]\nseq_len = 999999\n{}", train("pretrain", 256));
+        let (line, field, message) = only_problem(&rest);
+        assert_eq!(field, "pretrain.seq_len");
+        assert_eq!(line, line_of(&rest, "seq_len = 256"));
+        assert!(
+            message.contains("256 differs from tokenize.seq_len 999999")
+                && message.contains("same value"),
+            "{message}"
+        );
+        // Only tokenize.seq_len written (pretrain keeps its default 256): reported where it is written.
+        let rest = "[tokenize]\nseq_len = 999999\n";
+        let (line, field, message) = only_problem(rest);
+        assert_eq!(field, "tokenize.seq_len");
+        assert_eq!(line, line_of(rest, "seq_len = 999999"));
+        assert!(
+            message.contains("999999 differs from pretrain.seq_len 256"),
+            "{message}"
+        );
+        // Equal, or one of the two stages off: fine.
+        load(&format!(
+            "[tokenize]\nseq_len = 64\n{}",
+            train("pretrain", 64)
+        ))
+        .expect("equal");
+        load(&format!(
+            "[tokenize]\nseq_len = 64\n{}enabled = false\n",
+            train("pretrain", 256)
+        ))
+        .expect("pretrain disabled");
+        load(&format!(
+            "[tokenize]\nseq_len = 64\nenabled = false\n{}",
+            train("pretrain", 256)
+        ))
+        .expect("tokenize disabled");
+    }
+
+    #[test]
+    fn pretrain_needs_held_out_documents() {
+        let head_with = |f: &str| {
+            HEAD.replace(
+                "[ingest]\n",
+                &format!("[ingest]\nvalidation_fraction = {f}\n"),
+            )
+        };
+        let text = head_with("0.0");
+        let e = PipelineConfig::from_text(&text, Path::new("p.toml"), Path::new("/nonexistent"))
+            .expect_err("no validation split");
+        assert_eq!(e.problems().len(), 1, "{e}");
+        let p = &e.problems()[0];
+        assert_eq!(p.field, "ingest.validation_fraction");
+        assert_eq!(p.line, 4);
+        assert!(
+            p.message.contains("validation token shards"),
+            "{}",
+            p.message
+        );
+        let off = format!("{text}{}enabled = false\n", train("pretrain", 256));
+        PipelineConfig::from_text(&off, Path::new("p.toml"), Path::new("/nonexistent"))
+            .expect("without pretrain no validation split is needed");
+        PipelineConfig::from_text(&head_with("0.01"), Path::new("p.toml"), Path::new("/n"))
+            .expect("a small fraction");
     }
 }

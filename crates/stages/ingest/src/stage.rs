@@ -102,7 +102,7 @@ pub struct IngestSummary {
     /// (dedup and mix over the parts' index columns), `shards` (write the output).
     pub phases: Vec<(&'static str, f64)>,
     /// CPU seconds (all threads of the process) of each phase, where the platform tells
-    /// (`/proc/self/stat`); CPU over wall seconds is how many cores a phase kept busy.
+    /// (`getrusage`); CPU over wall seconds is how many cores a phase kept busy.
     pub phase_cpu: Vec<(&'static str, f64)>,
     /// The end-of-run table, as printed.
     pub table: String,
@@ -367,15 +367,8 @@ fn log_counts(env: &IngestEnv<'_>, prefix: &str, c: &Counts) {
     (env.metrics)(0, &refs);
 }
 
-/// CPU seconds (user + system, all threads) this process has used so far, from `/proc/self/stat`
-/// (Linux; `None` elsewhere). The kernel counts them in ticks of 1/100 s (`USER_HZ`).
+/// CPU seconds (user + system, all threads) this process has used so far, from
+/// `getrusage(RUSAGE_SELF)` (Linux and macOS; `None` where unavailable).
 pub fn cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // After the command name (in parentheses, and it may hold spaces) come the state (field 3
-    // of the line) and so on; utime and stime are fields 14 and 15.
-    let rest = stat.rsplit_once(')')?.1;
-    let mut fields = rest.split_whitespace().skip(11);
-    let utime: f64 = fields.next()?.parse().ok()?;
-    let stime: f64 = fields.next()?.parse().ok()?;
-    Some((utime + stime) / 100.0)
+    tardbot_core::memory::cpu_seconds()
 }

@@ -56,5 +56,14 @@ impl ChatData for SftData {
             ],
             p,
         );
+        // up to `per_kind` examples of each task kind: none at all is a stage failure.
+        if enabled && self.per_kind == 0 {
+            p.push(
+                &format!("data.{name}.per_kind"),
+                "0 builds no instruction examples, and the sft stage fails without any; set it to at least 1 \
+                 or disable the stage ([sft] enabled = false)"
+                    .to_string(),
+            );
+        }
     }
 }

@@ -39,7 +39,8 @@ impl Harness {
         std::fs::write(dir.path().join("corpus.txt"), "x").unwrap();
         let text = format!(
             "seed = 7\n[model]\npreset = \"tiny\"\n[ingest]\n[[ingest.sources]]\nname = \"gen\"\npath = \"corpus.txt\"\n\
-             format = \"text\"\nlicense = \"public-domain\"\n[tokenizer]\nvocab_size = {vocab}\n[tokenize]\nseq_len = {seq_len}\n"
+             format = \"text\"\nlicense = \"public-domain\"\n[tokenizer]\nvocab_size = {vocab}\n[tokenize]\nseq_len = {seq_len}\n\
+             [pretrain]\nsteps = 1\nbatch_size = 1\nseq_len = {seq_len}\nlr = 0.001\n"
         );
         let config =
             PipelineConfig::from_text(&text, &dir.path().join("pipeline.toml"), dir.path())

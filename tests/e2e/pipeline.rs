@@ -382,7 +382,10 @@ fn execution_settings_reuse_cached_stages(dir: &Path) {
             "device = \"auto\"\nthreads = 1\nmax_experts_in_memory = 2\nactivation_checkpointing = true\n\n\
              [execution.stages.cot]\nmax_experts_in_memory = 1\nactivation_checkpointing = false",
         );
-    assert_ne!(changed, text, "the test config's [execution] section changed shape");
+    assert_ne!(
+        changed, text,
+        "the test config's [execution] section changed shape"
+    );
     std::fs::write(&path, changed).unwrap();
     run_ok(dir, &["run", "all"]);
     with_ledger(dir, async |l| {

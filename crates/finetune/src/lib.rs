@@ -25,8 +25,8 @@ pub mod task;
 pub use chat_model::{ChatModel, greedy, respond};
 pub use example::{ChatExample, ExampleError, is_validation, read_jsonl, write_jsonl};
 pub use recipe::{generate_answers, input_file};
-pub use stage::ChatStage;
 pub use settings::{ChatData, ChatSettings, TaskEvalConfig, check_common};
+pub use stage::ChatStage;
 pub use task::{BoxError, ChatTask};
 
 #[cfg(test)]

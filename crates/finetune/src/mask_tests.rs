@@ -77,7 +77,8 @@ fn no_gradient_flows_from_prompt_or_tool_result_tokens() {
         &Execution::cpu(),
         7,
         None,
-    ).unwrap();
+    )
+    .unwrap();
     let targets: Vec<u32> = ids[1..].to_vec();
 
     // Every target whose mask is 0 (system, user, tool-result tokens and turn openers) replaced.

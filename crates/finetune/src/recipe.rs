@@ -15,18 +15,18 @@
 
 use crate::chat_model::{greedy, respond};
 use crate::example::{ChatExample, is_validation, write_jsonl};
+use crate::settings::TaskEvalConfig;
 use crate::task::ChatTask;
 use std::path::{Path, PathBuf};
 use tardbot_core::ModelConfig;
-use crate::settings::TaskEvalConfig;
 use tardbot_core::config::TrainConfig;
 use tardbot_stage::{StageContext, StageError, StageOutput};
 use tardbot_tokens::LoadedTokenizer;
 use tardbot_tokens::chat::{RenderedChat, render_chat, write_chat_shard};
 use tardbot_tokens::loader::{Loader, LoaderConfig};
 use tardbot_tokens::shard::TokenShard;
-use tardbot_train_stage::{record_val_loss, restore, train_loop};
 use tardbot_train::{Trainer, fixed_batches};
+use tardbot_train_stage::{record_val_loss, restore, train_loop};
 use tracing::info;
 
 /// The file of the upstream artifact of `kind` produced by `stage`.
@@ -59,13 +59,7 @@ pub fn run(ctx: &StageContext, task: &dyn ChatTask) -> Result<StageOutput, Stage
 
     // 2. Data.
     let examples = task.examples(&ctx.config).map_err(StageError::Failed)?;
-    let data = Data::build(
-        ctx,
-        &tokenizer,
-        examples,
-        settings.validation_fraction,
-        cfg,
-    )?;
+    let data = Data::build(ctx, &tokenizer, examples, settings.validation_fraction, cfg)?;
     let val_batches = fixed_batches(
         data.open("val", &tokenizer)?,
         cfg.batch_size,

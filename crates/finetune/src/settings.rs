@@ -47,7 +47,10 @@ pub struct ChatSettings {
 
 impl ChatSettings {
     /// Parses `[NAME]` and `[data.NAME]` (as `D`) and checks both: every problem at once.
-    pub fn parse<D: ChatData>(config: &PipelineConfig, name: &str) -> Result<(ChatSettings, D), ConfigError> {
+    pub fn parse<D: ChatData>(
+        config: &PipelineConfig,
+        name: &str,
+    ) -> Result<(ChatSettings, D), ConfigError> {
         let mut problems: Vec<ConfigProblem> = Vec::new();
         let mut take = |e: ConfigError| problems.extend(e.problems().iter().cloned());
         let train = config

@@ -31,9 +31,7 @@ impl Stage for ChatStage {
     }
 
     fn enabled(&self, config: &PipelineConfig) -> bool {
-        self.task
-            .settings(config)
-            .is_ok_and(|s| s.train.enabled)
+        self.task.settings(config).is_ok_and(|s| s.train.enabled)
     }
 
     fn tables(&self) -> Vec<String> {

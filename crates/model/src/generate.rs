@@ -5,8 +5,8 @@ use std::time::Instant;
 use candle_core::{DType, Tensor};
 
 use crate::model::TardBot;
-use tardbot_core::rng::SplitMix64;
 use crate::{ModelError, Result};
+use tardbot_core::rng::SplitMix64;
 
 /// How the next token is drawn from the logits.
 #[derive(Clone, Debug, PartialEq)]

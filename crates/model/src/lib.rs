@@ -48,7 +48,6 @@ pub mod ops;
 pub mod profile;
 pub mod stored_expert;
 
-
 pub use attention::{AttnCtx, LayerKvCache};
 pub use bench::{BenchGenerateOptions, bench_generate};
 pub use error::{ModelError, Result};

@@ -14,8 +14,8 @@ use crate::expert_store::{ExpertStore, StoreLayout};
 use crate::mlp::SwiGlu;
 use crate::moe::{Moe, MoeStats};
 use crate::ops::{Linear, logsumexp, rms_norm};
-use tardbot_core::rng::SplitMix64;
 use crate::{ModelError, Result};
+use tardbot_core::rng::SplitMix64;
 
 /// The feed-forward half of a block.
 #[derive(Clone, Debug)]

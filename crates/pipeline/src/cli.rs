@@ -438,7 +438,8 @@ async fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<u8> {
                 Err(code) => return Ok(code),
             };
             let (ledger, run) = inference::open_run(&ws, &run).await?;
-            let m = inference::load_run_model(&registry, &ledger, &run, opts.stage.as_deref()).await?;
+            let m =
+                inference::load_run_model(&registry, &ledger, &run, opts.stage.as_deref()).await?;
             inference::generate(&m, &prompt, &opts.options())?;
             Ok(0)
         }
@@ -448,7 +449,8 @@ async fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<u8> {
                 Err(code) => return Ok(code),
             };
             let (ledger, run) = inference::open_run(&ws, &run).await?;
-            let m = inference::load_run_model(&registry, &ledger, &run, opts.stage.as_deref()).await?;
+            let m =
+                inference::load_run_model(&registry, &ledger, &run, opts.stage.as_deref()).await?;
             inference::chat(&m, &opts.options())?;
             Ok(0)
         }

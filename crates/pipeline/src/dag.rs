@@ -45,7 +45,8 @@ pub fn plan(
     config: &PipelineConfig,
     targets: &[String],
 ) -> Result<Plan, DagError> {
-    let by_name: HashMap<&str, &Arc<dyn Stage>> = registry.stages.iter().map(|s| (s.name(), s)).collect();
+    let by_name: HashMap<&str, &Arc<dyn Stage>> =
+        registry.stages.iter().map(|s| (s.name(), s)).collect();
     let known = || {
         registry
             .stages

@@ -11,7 +11,6 @@ use tardbot_ledger::{AttemptStatus, Eval, Ledger, Run};
 use tardbot_model::SamplingParams;
 use tardbot_tokens::chat::{Conversation, Message, Role};
 
-
 /// A run's model: which stage produced it, the attempt that trained it, and the loaded model.
 pub struct RunModel {
     pub stage: String,

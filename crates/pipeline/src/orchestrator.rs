@@ -20,11 +20,11 @@ use std::time::{Duration, Instant};
 use tardbot_core::PipelineConfig;
 use tardbot_core::config::ConfigError;
 use tardbot_core::hash;
-use tardbot_stage::{CancelToken, Stage, StageContext, StageError, StageOutput};
 use tardbot_ledger::{
     Artifact, AttemptStatus, Checkpoint, Ledger, LedgerError, MetricsWriter, NewArtifact, NewRun,
     Run, RunStatus,
 };
+use tardbot_stage::{CancelToken, Stage, StageContext, StageError, StageOutput};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 

@@ -27,7 +27,8 @@ impl Registry {
 
     pub fn chat(mut self, task: impl ChatTask) -> Self {
         let task: Arc<dyn ChatTask> = Arc::new(task);
-        self.stages.push(Arc::new(ChatStage::new(Arc::clone(&task))));
+        self.stages
+            .push(Arc::new(ChatStage::new(Arc::clone(&task))));
         self.chat_tasks.push(task);
         self
     }

@@ -9,10 +9,10 @@
 //! from a cursor yields exactly the batches the original would have yielded next.
 
 use crate::error::{Result, TokenizeError};
-use tardbot_core::rng::{SplitMix64, permutation};
 use crate::shard::TokenShard;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
+use tardbot_core::rng::{SplitMix64, permutation};
 
 /// How batches are formed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -11,11 +11,11 @@ use std::time::Instant;
 use tardbot_core::config::TrainConfig;
 use tardbot_stage::{StageContext, StageError};
 use tardbot_tokens::loader::{Cursor, Loader};
+use tardbot_tokens::shard::TokenShard;
 use tardbot_train::batch::batch_tensors;
 use tardbot_train::checkpoint;
 use tardbot_train::peak::fma_peak_gflops;
 use tardbot_train::trainer::{StepReport, TokenBatch, Trainer};
-use tardbot_tokens::shard::TokenShard;
 use tracing::info;
 
 /// Consecutive non-finite steps after which the stage stops.

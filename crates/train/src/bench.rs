@@ -113,10 +113,9 @@ fn run(opts: &BenchTrainOptions) -> Result<serde_json::Value> {
     if let Some(m) = opts.max_experts_in_memory
         && (m == 0 || m > cfg.n_experts)
     {
-        return Err(TrainError::Model(tardbot_model::ModelError::Config(format!(
-            "max_experts_in_memory {m} is not in 1..={}",
-            cfg.n_experts
-        ))));
+        return Err(TrainError::Model(tardbot_model::ModelError::Config(
+            format!("max_experts_in_memory {m} is not in 1..={}", cfg.n_experts),
+        )));
     }
     if opts.batch == 0 || opts.seq == 0 || opts.steps == 0 {
         return Err(TrainError::Model(tardbot_model::ModelError::Input(
@@ -304,7 +303,10 @@ fn run(opts: &BenchTrainOptions) -> Result<serde_json::Value> {
         "  loss                 {:>9.4}   (first step {:.4})",
         last.loss, first_loss
     );
-    let m = opts.max_experts_in_memory.unwrap_or(cfg.n_experts).min(cfg.n_experts);
+    let m = opts
+        .max_experts_in_memory
+        .unwrap_or(cfg.n_experts)
+        .min(cfg.n_experts);
     let peak_resident = trainer.model.expert_store().map(|s| s.peak_resident());
     if let Some(peak) = peak_resident {
         println!(

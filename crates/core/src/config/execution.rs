@@ -245,7 +245,10 @@ mod tests {
         };
         cfg.check(Some(4), &mut p);
         let text = format!("{p:?}");
-        assert!(text.contains("execution.device") && text.contains("--features cuda"), "{text}");
+        assert!(
+            text.contains("execution.device") && text.contains("--features cuda"),
+            "{text}"
+        );
         assert_eq!(Device::Auto.resolve(), Some(Device::Cpu));
     }
 

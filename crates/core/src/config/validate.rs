@@ -10,9 +10,9 @@ use serde::de::{DeserializeOwned, DeserializeSeed, Deserializer, IgnoredAny, Map
 use std::collections::BTreeSet;
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::Arc;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
@@ -142,9 +142,8 @@ pub(crate) fn parse_and_validate(
     // aside (blanked) here; each stage parses its tables from the same text, with the same spans.
     let mut working: Vec<String> = text.split('\n').map(str::to_string).collect();
     let stage_tables = blank_stage_tables(&mut working);
-    let (parsed, mut problems) = collect(text, &doc, working, |t| {
-        toml::from_str::<PipelineConfig>(t)
-    });
+    let (parsed, mut problems) =
+        collect(text, &doc, working, |t| toml::from_str::<PipelineConfig>(t));
     for p in &mut problems {
         p.file = path.to_path_buf();
         p.message += moved_hint(&p.field);
@@ -277,6 +276,7 @@ impl PipelineConfig {
                     p.file = src.path.clone();
                     p.message += moved_hint(&p.field);
                 }
+                problems.sort_by_key(|p| (p.line == 0, p.line, p.column));
                 Err(ConfigError::Invalid {
                     path: src.path.clone(),
                     problems,
@@ -591,7 +591,11 @@ mod tests {
             .iter()
             .map(|p| (p.line, p.field.as_str()))
             .collect();
-        assert_eq!(found, [(17, "data.cot.per_knd"), (18, "data.cot.file")], "{err}");
+        assert_eq!(
+            found,
+            [(17, "data.cot.per_knd"), (18, "data.cot.file")],
+            "{err}"
+        );
         assert_eq!(cfg.keys_under(&["data"]), ["cot", "sft"]);
     }
 
@@ -605,6 +609,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.problems()[0].field, "colour");
         assert!(err.problems()[0].message.contains("unknown field"));
+    }
 }
 
 /// Constraints between sections (`check_across_sections`).

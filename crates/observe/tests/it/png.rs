@@ -49,16 +49,32 @@ pub fn decode(bytes: &[u8]) -> Result<Image, String> {
         .map_err(|e| format!("IDAT: {e}"))?;
     let stride = width * channels;
     if raw.len() != height * (stride + 1) {
-        return Err(format!("IDAT holds {} bytes, expected {}", raw.len(), height * (stride + 1)));
+        return Err(format!(
+            "IDAT holds {} bytes, expected {}",
+            raw.len(),
+            height * (stride + 1)
+        ));
     }
     let mut pixels = vec![0u8; height * stride];
     for y in 0..height {
         let filter = raw[y * (stride + 1)];
         let line = &raw[y * (stride + 1) + 1..(y + 1) * (stride + 1)];
         for x in 0..stride {
-            let a = if x >= channels { pixels[y * stride + x - channels] } else { 0 };
-            let b = if y > 0 { pixels[(y - 1) * stride + x] } else { 0 };
-            let c = if x >= channels && y > 0 { pixels[(y - 1) * stride + x - channels] } else { 0 };
+            let a = if x >= channels {
+                pixels[y * stride + x - channels]
+            } else {
+                0
+            };
+            let b = if y > 0 {
+                pixels[(y - 1) * stride + x]
+            } else {
+                0
+            };
+            let c = if x >= channels && y > 0 {
+                pixels[(y - 1) * stride + x - channels]
+            } else {
+                0
+            };
             let predictor = match filter {
                 0 => 0,
                 1 => a,
@@ -80,7 +96,11 @@ pub fn decode(bytes: &[u8]) -> Result<Image, String> {
 
 fn paeth(a: u8, b: u8, c: u8) -> u8 {
     let p = a as i16 + b as i16 - c as i16;
-    let (pa, pb, pc) = ((p - a as i16).abs(), (p - b as i16).abs(), (p - c as i16).abs());
+    let (pa, pb, pc) = (
+        (p - a as i16).abs(),
+        (p - b as i16).abs(),
+        (p - c as i16).abs(),
+    );
     if pa <= pb && pa <= pc {
         a
     } else if pb <= pc {

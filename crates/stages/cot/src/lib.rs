@@ -6,8 +6,8 @@
 //! What it does not do: the training loop, checkpoints and generation (`tardbot-finetune`,
 //! `tardbot-train`) or the chat template (`tardbot-tokens`).
 
-pub mod problems;
 pub mod config;
+pub mod problems;
 pub mod stage;
 
 pub use stage::CotTask;

@@ -1,10 +1,10 @@
 //! The `cot` task: worked solutions (reasoning inside think tags, then the answer), scored by
 //! final-answer accuracy.
 
+use crate::config::CotData;
 use crate::problems::{answers_match, build_examples, extract_answer};
 use std::path::Path;
 use tardbot_core::PipelineConfig;
-use crate::config::CotData;
 use tardbot_core::config::ConfigError;
 use tardbot_finetune::{BoxError, ChatExample, ChatSettings, ChatTask};
 

@@ -1,10 +1,10 @@
 //! The `sft` task: instruction examples built from a glossary, a verse text and computed tasks,
 //! scored by exact match.
 
+use crate::config::SftData;
 use crate::tasks::{build_examples, exact_match};
 use std::collections::BTreeMap;
 use tardbot_core::PipelineConfig;
-use crate::config::SftData;
 use tardbot_core::config::ConfigError;
 use tardbot_finetune::{BoxError, ChatExample, ChatSettings, ChatTask};
 

@@ -29,9 +29,9 @@
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use tardbot_core::rng::SplitMix64;
 use tardbot_finetune::ChatExample;
 use tardbot_tokens::chat::{Conversation, Message, Role};
-use tardbot_core::rng::SplitMix64;
 
 mod computed;
 mod glossary;

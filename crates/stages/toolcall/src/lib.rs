@@ -10,9 +10,9 @@
 //! `tardbot-train`) or the chat template (`tardbot-tokens`).
 
 pub mod call;
+pub mod config;
 pub mod data;
 pub mod schema;
-pub mod config;
 pub mod stage;
 pub mod tools;
 

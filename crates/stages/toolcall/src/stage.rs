@@ -1,10 +1,10 @@
 //! The `toolcall` task: fine-tune on tool calls (BFCL rows and generated multi-turn conversations
 //! with real local tools), scored by parsing and validating the generated calls.
 
+use crate::config::ToolcallData;
 use crate::data::{aggregate, bfcl_examples, first_call_example, generated_examples, score};
 use std::path::Path;
 use tardbot_core::PipelineConfig;
-use crate::config::ToolcallData;
 use tardbot_core::config::ConfigError;
 use tardbot_finetune::{BoxError, ChatExample, ChatSettings, ChatTask};
 

@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tardbot_core::config::PipelineConfig;
-use tardbot_stage::{CancelToken, Stage, StageContext, StageError, StageOutput};
 use tardbot_ingest::IngestError;
 use tardbot_ingest::stage::{IngestEnv, IngestSummary, ingest};
 use tardbot_ledger::{AttemptStatus, Ledger, MetricsWriter, NewRun};
+use tardbot_stage::{CancelToken, Stage, StageContext, StageError, StageOutput};
 
 pub struct TestDir(tempfile::TempDir);
 

@@ -3,8 +3,8 @@
 
 use super::{EXACT_KINDS, example, fill, kind_seed, pick};
 use std::collections::HashSet;
-use tardbot_finetune::ChatExample;
 use tardbot_core::rng::SplitMix64;
+use tardbot_finetune::ChatExample;
 
 /// Appends up to `per_kind` distinct problems of each computed kind to `out`.
 pub(super) fn computed_kinds(per_kind: usize, seed: u64, out: &mut Vec<ChatExample>) {

@@ -4,8 +4,8 @@
 use super::{SftDataError, example, fill, kind_seed, pick, read_text};
 use std::collections::HashSet;
 use std::path::Path;
-use tardbot_finetune::ChatExample;
 use tardbot_core::rng::{SplitMix64, permutation};
+use tardbot_finetune::ChatExample;
 
 /// One glossary entry: the term and the cleaned first sentence(s) of its definition.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -4,8 +4,8 @@
 use super::{SftDataError, example, fill, kind_seed, pick, read_text};
 use std::collections::HashMap;
 use std::path::Path;
-use tardbot_finetune::ChatExample;
 use tardbot_core::rng::{SplitMix64, permutation};
+use tardbot_finetune::ChatExample;
 
 /// A spoken (or plain verse) line of the verse text.
 #[derive(Clone, Debug)]

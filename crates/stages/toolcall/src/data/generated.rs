@@ -11,9 +11,9 @@
 use super::{ABSTAIN_ANSWER, tools_system_prompt};
 use crate::tools::{ELEMENTS, Element, LocalTool, UNITS, Unit, format_number};
 use serde_json::{Map, Value, json};
+use tardbot_core::rng::SplitMix64;
 use tardbot_finetune::ChatExample;
 use tardbot_tokens::chat::{Conversation, Message, Role, ToolCall};
-use tardbot_core::rng::SplitMix64;
 
 const CALC_ASK: &[&str] = &[
     "What is {e}?",

@@ -324,13 +324,13 @@ impl ModelConfig {
                 self.n_dense_layers, self.n_layers
             ));
         }
-        if self.n_moe_layers() > 0 {
-            if self.experts_per_token == 0 || self.experts_per_token > self.n_experts {
-                return Err(format!(
-                    "`experts_per_token` {} must be in 1..={} (`n_experts`)",
-                    self.experts_per_token, self.n_experts
-                ));
-            }
+        if self.n_moe_layers() > 0
+            && (self.experts_per_token == 0 || self.experts_per_token > self.n_experts)
+        {
+            return Err(format!(
+                "`experts_per_token` {} must be in 1..={} (`n_experts`)",
+                self.experts_per_token, self.n_experts
+            ));
         }
         for (name, v) in [
             ("rope_theta", self.rope_theta),

@@ -93,15 +93,3 @@ pub fn check_against_composition(
         );
     }
 }
-
-/// A `/proc/self/status` counter in KiB (`field` with its colon: `"VmRSS:"`, `"VmHWM:"`); `None`
-/// off Linux or if it cannot be read.
-pub fn proc_status_kib(field: &str) -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    s.lines()
-        .find(|l| l.starts_with(field))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}

@@ -5,7 +5,8 @@ use candle_core::{DType, Device, Tensor, backprop::GradStore};
 use tardbot_core::ModelConfig;
 
 use crate::attention::AttnCtx;
-use crate::test_util::{ids, max_abs_diff_as_f64, micro, proc_status_kib};
+use crate::test_util::{ids, max_abs_diff_as_f64, micro};
+use tardbot_core::memory::{peak_rss_bytes, rss_bytes};
 use crate::*;
 
 #[test]
@@ -594,7 +595,7 @@ fn bench_generate_mac_nano() {
 }
 
 /// Measured peak RSS of one CPU training step (forward, backward, an AdamW-style update with two f32
-/// moments per parameter) against `describe()`'s prediction. Linux only (reads /proc/self/status); run
+/// moments per parameter) against `describe()`'s prediction (RSS from `tardbot_core::memory`); run
 /// alone so that no other test shares the process:
 /// `cargo test --release -p tardbot-model -- --ignored --exact --nocapture tests::training_memory_matches_describe`
 #[test]
@@ -609,8 +610,8 @@ fn training_memory_matches_describe() {
             .unwrap_or(d)
     };
     let (batch, seq) = (env("TARDBOT_MEM_BATCH", 8), env("TARDBOT_MEM_SEQ", 256));
-    let Some(base) = proc_status_kib("VmRSS:") else {
-        eprintln!("skipped: no /proc/self/status");
+    let Some(base) = rss_bytes().map(|b| b / 1024) else {
+        eprintln!("skipped: this platform reports no resident set size");
         return;
     };
     let dev = Device::Cpu;
@@ -626,7 +627,7 @@ fn training_memory_matches_describe() {
     {
         let out = model.forward(&inp, None).unwrap();
         let loss = model.loss(&out, &tgt, None).unwrap().total;
-        let after_fwd = proc_status_kib("VmRSS:").unwrap_or(0);
+        let after_fwd = rss_bytes().map(|b| b / 1024).unwrap_or(0);
         eprintln!(
             "after forward: {:.1} MiB above baseline",
             (after_fwd.saturating_sub(base)) as f64 / 1024.0
@@ -643,7 +644,7 @@ fn training_memory_matches_describe() {
                 .unwrap();
         }
     }
-    let peak = proc_status_kib("VmHWM:").unwrap();
+    let peak = peak_rss_bytes().map(|b| b / 1024).unwrap();
     let measured = (peak - base) as f64 * 1024.0;
     let predicted = cfg.memory(batch, seq, cfg.n_experts).total(false) as f64;
     let ratio = measured / predicted;

@@ -9,7 +9,7 @@ use candle_core::{DType, Device};
 
 use super::format::{ENTRY, Header};
 use super::*;
-use crate::test_util::{micro, proc_status_kib};
+use crate::test_util::micro;
 use crate::{TardBot, init_weights, save_safetensors};
 
 fn small_layout() -> StoreLayout {
@@ -254,13 +254,13 @@ fn safetensors_round_trip_micro() {
 
 /// The process's resident set in bytes.
 fn vm_rss() -> Option<u64> {
-    proc_status_kib("VmRSS:").map(|k| k * 1024)
+    tardbot_core::memory::rss_bytes()
 }
 
 #[test]
 fn release_lowers_rss_and_open_verify_speed() {
     if !cfg!(target_os = "linux") || vm_rss().is_none() {
-        eprintln!("skipped: no /proc/self/status");
+        eprintln!("skipped: this platform reports no resident set size");
         return;
     }
     // 4 regions × 16 MiB = 64 MiB of expert state.

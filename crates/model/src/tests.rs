@@ -6,8 +6,8 @@ use tardbot_core::ModelConfig;
 
 use crate::attention::AttnCtx;
 use crate::test_util::{ids, max_abs_diff_as_f64, micro};
-use tardbot_core::memory::{peak_rss_bytes, rss_bytes};
 use crate::*;
+use tardbot_core::memory::{peak_rss_bytes, rss_bytes};
 
 #[test]
 fn param_counts_match_real_tensors() {

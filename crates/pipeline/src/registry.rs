@@ -129,3 +129,95 @@ pub fn stages() -> Registry {
         .chat(tardbot_toolcall::ToolcallTask)
         .chat(tardbot_cot::CotTask)
 }
+
+#[cfg(test)]
+mod tests {
+    //! The extension point as a new chat stage uses it: a task type and one registry line, nothing
+    //! in `tardbot-core` or the pipeline besides.
+
+    use super::*;
+    use serde::{Deserialize, Serialize};
+    use tardbot_core::config::Problems;
+    use tardbot_finetune::{BoxError, ChatData, ChatExample, ChatSettings, TaskEvalConfig};
+
+    #[derive(Default, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    struct EchoData {
+        words: usize,
+        validation_fraction: f64,
+        eval: TaskEvalConfig,
+    }
+
+    impl ChatData for EchoData {
+        fn eval(&self) -> &TaskEvalConfig {
+            &self.eval
+        }
+        fn validation_fraction(&self) -> f64 {
+            self.validation_fraction
+        }
+        fn check(&self, name: &str, _: &PipelineConfig, enabled: bool, p: &mut Problems) {
+            if enabled && self.words == 0 {
+                p.push(&format!("data.{name}.words"), "must be at least 1".into());
+            }
+        }
+    }
+
+    struct Echo;
+
+    impl ChatTask for Echo {
+        fn name(&self) -> &'static str {
+            "echo"
+        }
+        fn upstream(&self) -> &'static str {
+            "cot"
+        }
+        fn settings(&self, config: &PipelineConfig) -> Result<ChatSettings, ConfigError> {
+            ChatSettings::parse::<EchoData>(config, self.name()).map(|(s, _)| s)
+        }
+        fn examples(&self, _: &PipelineConfig) -> Result<Vec<ChatExample>, BoxError> {
+            Ok(Vec::new())
+        }
+        fn score(&self, _: &[(&ChatExample, String)]) -> Vec<(String, f64)> {
+            Vec::new()
+        }
+    }
+
+    const BASE: &str = "[model]\npreset = \"tiny\"\n[ingest]\nsources = []\nenabled = false\n\
+                        [pretrain]\nenabled = false\nsteps = 1\nbatch_size = 1\nseq_len = 8\nlr = 0.01\n";
+
+    fn load(registry: &Registry, rest: &str) -> Result<PipelineConfig, ConfigError> {
+        registry.config_from_text(
+            &format!("{BASE}{rest}"),
+            Path::new("p.toml"),
+            Path::new("."),
+        )
+    }
+
+    #[test]
+    fn a_chat_stage_is_a_task_and_one_registry_line() {
+        let registry = stages().chat(Echo);
+        let rest =
+            "[echo]\nsteps = 2\nbatch_size = 1\nseq_len = 8\nlr = 0.01\n[data.echo]\nwords = 3\n";
+        let cfg = load(&registry, rest).expect("valid");
+        assert!(registry.training_stages(&cfg).contains(&"echo"));
+        assert!(registry.chat_task("echo").is_some());
+        let stage = registry.stages.iter().find(|s| s.name() == "echo").unwrap();
+        assert!(stage.enabled(&cfg));
+        assert_eq!(stage.inputs(), ["tokenizer", "cot"]);
+        // Its own tables are parsed and checked by it, with lines and fields, at validation.
+        let err = load(
+            &registry,
+            &rest.replace("words = 3", "words = 0\nwrods = 1"),
+        )
+        .unwrap_err();
+        let fields: Vec<&str> = err.problems().iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["data.echo.wrods"], "{err}");
+        let err = load(&registry, &rest.replace("words = 3", "words = 0")).unwrap_err();
+        assert_eq!(err.problems()[0].field, "data.echo.words", "{err}");
+        assert_eq!(err.problems()[0].line, 18, "{err}");
+        // Without the registry line its tables belong to no stage.
+        let err = load(&stages(), rest).unwrap_err();
+        let fields: Vec<&str> = err.problems().iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["echo", "data.echo"], "{err}");
+    }
+}

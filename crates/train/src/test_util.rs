@@ -40,3 +40,14 @@ pub(crate) fn rows(n: usize, len: usize, vocab: u32, salt: u32) -> Vec<Vec<u32>>
         })
         .collect()
 }
+
+/// The bits of every element of an f32 tensor (bit-identity checks).
+pub(crate) fn tensor_bits(t: &Tensor) -> Vec<u32> {
+    t.flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .map(|x| x.to_bits())
+        .collect()
+}

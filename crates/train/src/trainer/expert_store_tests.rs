@@ -3,7 +3,7 @@
 
 use super::{TokenBatch, Trainer};
 use crate::checkpoint;
-use crate::test_util::{batch, rows, train_cfg};
+use crate::test_util::{batch, rows, tensor_bits, train_cfg};
 use candle_core::Device;
 use std::path::Path;
 use tardbot_core::ModelConfig;
@@ -17,17 +17,7 @@ fn all_weight_bits(t: &Trainer, dir: &Path) -> std::collections::BTreeMap<String
     candle_core::safetensors::load(&path, &Device::Cpu)
         .unwrap()
         .into_iter()
-        .map(|(n, w)| {
-            let bits = w
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap()
-                .iter()
-                .map(|x| x.to_bits())
-                .collect();
-            (n, bits)
-        })
+        .map(|(n, w)| (n, tensor_bits(&w)))
         .collect()
 }
 

@@ -3,7 +3,7 @@
 
 use super::segmented::HEAD_CHUNK_ELEMS;
 use super::{TokenBatch, Trainer};
-use crate::test_util::{batch, rows, train_cfg};
+use crate::test_util::{batch, rows, tensor_bits, train_cfg};
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor};
 use tardbot_core::ModelConfig;
@@ -111,17 +111,7 @@ fn save_and_load_resume_bit_identically() {
 fn weights_bits(t: &Trainer) -> Vec<(String, Vec<u32>)> {
     named_vars(&t.varmap)
         .into_iter()
-        .map(|(n, v)| {
-            let bits = v
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap()
-                .iter()
-                .map(|x| x.to_bits())
-                .collect();
-            (n, bits)
-        })
+        .map(|(n, v)| (n, tensor_bits(v.as_tensor())))
         .collect()
 }
 
@@ -330,21 +320,7 @@ fn results_do_not_depend_on_the_thread_count() {
                         (r.loss.to_bits(), r.grad_norm.to_bits())
                     })
                     .collect();
-                let weights: Vec<(String, Vec<u32>)> = named_vars(&t.varmap)
-                    .iter()
-                    .map(|(n, v)| {
-                        let bits = v
-                            .as_tensor()
-                            .flatten_all()
-                            .unwrap()
-                            .to_vec1::<f32>()
-                            .unwrap()
-                            .iter()
-                            .map(|x| x.to_bits())
-                            .collect();
-                        (n.clone(), bits)
-                    })
-                    .collect();
+                let weights = weights_bits(&t);
                 (reports, weights)
             })
         };

@@ -236,6 +236,24 @@ fn independent_stages_run_concurrently_and_run_stage_takes_only_its_upstream() {
     });
 }
 
+/// A stage runs in a rayon pool of the threads it was given (a side stage declares one), so its
+/// parallel loops and matmuls never take the cores of the stages running beside it.
+#[test]
+fn each_stage_runs_in_a_pool_of_its_threads() {
+    let dir = workspace_dir("");
+    let out = cli(dir.path(), &["run", "beta"], &[("SIDE_MS", "10".into())]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let text = std::fs::read_to_string(
+        dir.path()
+            .join("work/runs/run-1/stages/beta/out/threads.txt"),
+    )
+    .unwrap();
+    assert_eq!(
+        text, "1 1",
+        "rayon threads and ctx.threads of a one-thread stage"
+    );
+}
+
 #[test]
 fn unknown_stage_is_refused_without_creating_a_run() {
     let dir = workspace_dir("");

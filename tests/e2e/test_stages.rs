@@ -160,6 +160,11 @@ impl Stage for Side {
             ctx.out_dir.join("span.txt"),
             format!("{start} {}", now_ms()),
         )?;
+        // The rayon pool the stage runs in: its share of the budget, not every core.
+        std::fs::write(
+            ctx.out_dir.join("threads.txt"),
+            format!("{} {}", rayon::current_num_threads(), ctx.threads),
+        )?;
         Ok(StageOutput::default().with("span", "span.txt"))
     }
 }

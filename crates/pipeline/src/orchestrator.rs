@@ -270,7 +270,7 @@ impl Orchestrator {
                         continue;
                     }
                     let mut res = stage.resources(&config);
-                    if let Some(t) = config.execution.stages.get(name).and_then(|e| e.threads) {
+                    if let Some(t) = config.execution.for_stage(name).threads {
                         res.threads = t;
                     }
                     let threads = if res.threads == 0 {

@@ -84,3 +84,14 @@ impl Ledger {
             .ctx("decode eval series")
     }
 }
+
+impl Ledger {
+    /// Before/after of every (stage, suite, metric) of a run (`v_stage_evals`); see
+    /// [`crate::read::stage_evals`].
+    pub async fn stage_evals(
+        &self,
+        run_id: i64,
+    ) -> Result<Vec<crate::types::StageEval>, LedgerError> {
+        crate::read::stage_evals(&self.pool, run_id).await
+    }
+}

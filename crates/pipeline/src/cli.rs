@@ -106,6 +106,23 @@ pub enum Command {
         #[arg(long, default_value_t = 128)]
         max_new_tokens: usize,
     },
+    /// Write a run's model for another runtime: `hf` (a Hugging Face transformers directory) or
+    /// `gguf` (one llama.cpp file), recorded in the ledger as an `export` of the run.
+    Export {
+        run: String,
+        /// Which stage's model (default: the newest finished training stage).
+        #[arg(long)]
+        stage: Option<String>,
+        /// `hf` or `gguf`.
+        #[arg(long)]
+        format: String,
+        /// Weights' type: f32, f16, bf16 (hf) or q8_0 (gguf).
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+        /// The directory to create (it must not exist).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Run a benchmark; prints a table, then one JSON line of figures.
     Bench {
         #[command(subcommand)]
@@ -452,6 +469,49 @@ async fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<u8> {
             let m =
                 inference::load_run_model(&registry, &ledger, &run, opts.stage.as_deref()).await?;
             inference::chat(&m, &opts.options())?;
+            Ok(0)
+        }
+        Command::Export {
+            run,
+            stage,
+            format,
+            dtype,
+            out,
+        } => {
+            let Some(format) = tardbot_export::Format::parse(&format) else {
+                eprintln!("error: --format {format}: expected hf or gguf");
+                return Ok(2);
+            };
+            let Some(dtype) = tardbot_export::ExportDtype::parse(&dtype) else {
+                eprintln!("error: --dtype {dtype}: expected f32, f16, bf16 or q8_0");
+                return Ok(2);
+            };
+            let ws = match workspace(&registry, &cli.workspace, &cli.config) {
+                Ok(ws) => ws,
+                Err(code) => return Ok(code),
+            };
+            let (ledger, run) = inference::open_run(&ws, &run).await?;
+            let done = crate::export::export(
+                &registry,
+                &ledger,
+                &run,
+                stage.as_deref(),
+                format,
+                dtype,
+                &out,
+            )
+            .await?;
+            println!(
+                "exported the `{}` model of run {} as {} {} (ledger attempt {}):",
+                done.stage,
+                run.name,
+                format.name(),
+                dtype.name(),
+                done.attempt_id
+            );
+            for f in &done.files {
+                println!("  {}", f.display());
+            }
             Ok(0)
         }
         Command::Eval {

@@ -4,7 +4,7 @@ use crate::registry::Registry;
 use crate::workspace::Workspace;
 use anyhow::{Context as _, bail};
 use std::io::{BufRead, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use tardbot_core::PipelineConfig;
 use tardbot_finetune::{ChatExample, ChatModel, ChatTask, generate_answers, read_jsonl, respond};
 use tardbot_ledger::{AttemptStatus, Eval, Ledger, Run};
@@ -32,13 +32,22 @@ fn model_stages(registry: &Registry, run: &Run) -> Vec<String> {
     }
 }
 
-/// Loads the model of `stage` (default: the newest finished training stage) of a run.
-pub async fn load_run_model(
+/// The files of a run's trained model: which stage and attempt produced them, and the artifacts.
+pub struct RunModelFiles {
+    pub stage: String,
+    pub attempt_id: i64,
+    pub weights: tardbot_ledger::Artifact,
+    pub model_config: tardbot_ledger::Artifact,
+    pub tokenizer: tardbot_ledger::Artifact,
+}
+
+/// Finds the model of `stage` (default: the newest finished training stage) of a run.
+pub async fn run_model_files(
     registry: &Registry,
     ledger: &Ledger,
     run: &Run,
     stage: Option<&str>,
-) -> anyhow::Result<RunModel> {
+) -> anyhow::Result<RunModelFiles> {
     let model_stages = model_stages(registry, run);
     let attempts = ledger.attempts(run.id).await?;
     let finished = |s: &str| {
@@ -71,11 +80,14 @@ pub async fn load_run_model(
             ),
         },
     };
-    let file = |kind: &str, artifacts: &[tardbot_ledger::Artifact]| -> anyhow::Result<PathBuf> {
+    let file = |kind: &str,
+                stage: &str,
+                artifacts: &[tardbot_ledger::Artifact]|
+     -> anyhow::Result<tardbot_ledger::Artifact> {
         artifacts
             .iter()
             .find(|a| a.kind == kind)
-            .map(|a| PathBuf::from(&a.path))
+            .cloned()
             .with_context(|| {
                 format!(
                     "the `{stage}` stage of run {} recorded no `{kind}`",
@@ -91,17 +103,34 @@ pub async fn load_run_model(
             .find(|a| a.stage == "tokenizer" && a.status.is_done())
             .map(|a| a.cached_from.unwrap_or(a.id))
             .context("the run has no tokenizer")?;
-        file("tokenizer", &ledger.artifacts(t).await?)?
+        file("tokenizer", "tokenizer", &ledger.artifacts(t).await?)?
     };
-    let model = ChatModel::load(
-        &file("model", &artifacts)?,
-        &file("model-config", &artifacts)?,
-        &tokenizer,
-    )
-    .map_err(|e| anyhow::anyhow!("loading the `{stage}` model of run {}: {e}", run.name))?;
-    Ok(RunModel {
+    Ok(RunModelFiles {
+        weights: file("model", &stage, &artifacts)?,
+        model_config: file("model-config", &stage, &artifacts)?,
+        tokenizer,
         stage,
         attempt_id,
+    })
+}
+
+/// Loads the model of `stage` (default: the newest finished training stage) of a run.
+pub async fn load_run_model(
+    registry: &Registry,
+    ledger: &Ledger,
+    run: &Run,
+    stage: Option<&str>,
+) -> anyhow::Result<RunModel> {
+    let f = run_model_files(registry, ledger, run, stage).await?;
+    let model = ChatModel::load(
+        Path::new(&f.weights.path),
+        Path::new(&f.model_config.path),
+        Path::new(&f.tokenizer.path),
+    )
+    .map_err(|e| anyhow::anyhow!("loading the `{}` model of run {}: {e}", f.stage, run.name))?;
+    Ok(RunModel {
+        stage: f.stage,
+        attempt_id: f.attempt_id,
         model,
     })
 }
@@ -281,7 +310,7 @@ pub async fn eval(
 }
 
 /// The run's recorded config, if it still parses.
-fn run_config(registry: &Registry, run: &Run) -> Option<PipelineConfig> {
+pub(crate) fn run_config(registry: &Registry, run: &Run) -> Option<PipelineConfig> {
     registry
         .config_from_text(
             &run.config_toml,
@@ -292,7 +321,7 @@ fn run_config(registry: &Registry, run: &Run) -> Option<PipelineConfig> {
 }
 
 /// The configured steps of a training stage in the run's recorded config (the step of its final model).
-fn stage_steps(registry: &Registry, run: &Run, stage: &str) -> u64 {
+pub(crate) fn stage_steps(registry: &Registry, run: &Run, stage: &str) -> u64 {
     let Some(cfg) = run_config(registry, run) else {
         return 0;
     };

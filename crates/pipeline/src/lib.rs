@@ -16,6 +16,7 @@
 pub mod bench;
 pub mod cli;
 pub mod dag;
+pub mod export;
 pub mod inference;
 pub mod lock;
 pub mod logging;

@@ -44,7 +44,11 @@ impl ModelCard {
         let c = &src.config;
         let p = c.param_counts();
         let mut s = String::new();
-        let _ = writeln!(s, "# TardBot — run `{}`, stage `{}`\n", self.run, self.stage);
+        let _ = writeln!(
+            s,
+            "# TardBot — run `{}`, stage `{}`\n",
+            self.run, self.stage
+        );
         let _ = writeln!(
             s,
             "A Mixture-of-Experts decoder trained by the TardBot pipeline, exported as **{format}** ({}).\n",
@@ -56,13 +60,53 @@ impl ModelCard {
             let _ = writeln!(s, "| preset | `{preset}` |");
         }
         let rows = [
-            ("parameters", format!("{:.2}M total, {:.2}M active per token", p.total as f64 / 1e6, p.active_per_token as f64 / 1e6)),
-            ("layers", format!("{} ({} dense, {} MoE)", c.n_layers, c.n_layers - c.n_moe_layers(), c.n_moe_layers())),
-            ("hidden / intermediate", format!("{} / {}", c.hidden_size, c.intermediate_size)),
-            ("attention", format!("{} heads, {} KV heads, head dim {}, sliding window {}", c.n_heads, c.n_kv_heads, c.head_dim(), c.window)),
-            ("experts", format!("{} per MoE layer, top-{}", c.n_experts, c.experts_per_token)),
-            ("vocabulary", format!("{} (byte-level BPE, {} tokens in the tokenizer)", c.vocab_size, src.tokenizer.tokens.len())),
-            ("RoPE θ / RMSNorm ε", format!("{} / {}", c.rope_theta, c.rms_norm_eps)),
+            (
+                "parameters",
+                format!(
+                    "{:.2}M total, {:.2}M active per token",
+                    p.total as f64 / 1e6,
+                    p.active_per_token as f64 / 1e6
+                ),
+            ),
+            (
+                "layers",
+                format!(
+                    "{} ({} dense, {} MoE)",
+                    c.n_layers,
+                    c.n_layers - c.n_moe_layers(),
+                    c.n_moe_layers()
+                ),
+            ),
+            (
+                "hidden / intermediate",
+                format!("{} / {}", c.hidden_size, c.intermediate_size),
+            ),
+            (
+                "attention",
+                format!(
+                    "{} heads, {} KV heads, head dim {}, sliding window {}",
+                    c.n_heads,
+                    c.n_kv_heads,
+                    c.head_dim(),
+                    c.window
+                ),
+            ),
+            (
+                "experts",
+                format!("{} per MoE layer, top-{}", c.n_experts, c.experts_per_token),
+            ),
+            (
+                "vocabulary",
+                format!(
+                    "{} (byte-level BPE, {} tokens in the tokenizer)",
+                    c.vocab_size,
+                    src.tokenizer.tokens.len()
+                ),
+            ),
+            (
+                "RoPE θ / RMSNorm ε",
+                format!("{} / {}", c.rope_theta, c.rms_norm_eps),
+            ),
             ("max sequence", c.max_seq_len.to_string()),
         ];
         for (k, v) in rows {
@@ -100,7 +144,10 @@ impl ModelCard {
             }
         }
         if !self.stages.is_empty() {
-            let _ = writeln!(s, "\n## Stages\n\n| stage | status | summary |\n|---|---|---|");
+            let _ = writeln!(
+                s,
+                "\n## Stages\n\n| stage | status | summary |\n|---|---|---|"
+            );
             for st in &self.stages {
                 let _ = writeln!(s, "| {} | {} | {} |", st.name, st.status, st.summary);
             }
@@ -109,11 +156,21 @@ impl ModelCard {
         if self.evals.is_empty() {
             let _ = writeln!(s, "No evals were recorded for this run.");
         } else {
-            let _ = writeln!(s, "Held-out figures recorded by the run's stages (per suite and kind).\n");
-            let _ = writeln!(s, "| stage | suite | metric | value | n |\n|---|---|---|---|---|");
+            let _ = writeln!(
+                s,
+                "Held-out figures recorded by the run's stages (per suite and kind).\n"
+            );
+            let _ = writeln!(
+                s,
+                "| stage | suite | metric | value | n |\n|---|---|---|---|---|"
+            );
             for e in &self.evals {
                 let n = e.n.map_or(String::new(), |n| n.to_string());
-                let _ = writeln!(s, "| {} | {} | {} | {:.4} | {n} |", e.stage, e.suite, e.metric, e.value);
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {:.4} | {n} |",
+                    e.stage, e.suite, e.metric, e.value
+                );
             }
         }
         let _ = writeln!(

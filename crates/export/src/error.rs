@@ -6,7 +6,10 @@ use std::path::PathBuf;
 pub enum ExportError {
     /// The model (or the requested dtype) has something the target format cannot compute exactly.
     #[error("cannot export to {format}: {reason}")]
-    Unsupported { format: &'static str, reason: String },
+    Unsupported {
+        format: &'static str,
+        reason: String,
+    },
     #[error("{path}: {msg}")]
     Input { path: PathBuf, msg: String },
     #[error("writing {path}: {msg}")]

@@ -91,7 +91,10 @@ fn metadata(src: &SourceModel, card: &ModelCard, dtype: ExportDtype) -> Vec<(Str
         ("llama.context_length".into(), u32v(c.max_seq_len)),
         ("llama.embedding_length".into(), u32v(c.hidden_size)),
         ("llama.block_count".into(), u32v(c.n_layers)),
-        ("llama.feed_forward_length".into(), u32v(c.intermediate_size)),
+        (
+            "llama.feed_forward_length".into(),
+            u32v(c.intermediate_size),
+        ),
         ("llama.rope.dimension_count".into(), u32v(c.head_dim())),
         ("llama.attention.head_count".into(), u32v(c.n_heads)),
         ("llama.attention.head_count_kv".into(), u32v(c.n_kv_heads)),
@@ -99,7 +102,10 @@ fn metadata(src: &SourceModel, card: &ModelCard, dtype: ExportDtype) -> Vec<(Str
             "llama.attention.layer_norm_rms_epsilon".into(),
             Value::F32(c.rms_norm_eps as f32),
         ),
-        ("llama.rope.freq_base".into(), Value::F32(c.rope_theta as f32)),
+        (
+            "llama.rope.freq_base".into(),
+            Value::F32(c.rope_theta as f32),
+        ),
     ];
     if c.n_experts > 0 {
         m.push(("llama.expert_count".into(), u32v(c.n_experts)));
@@ -108,7 +114,11 @@ fn metadata(src: &SourceModel, card: &ModelCard, dtype: ExportDtype) -> Vec<(Str
     // The token list covers every embedding row: rows past the tokenizer's vocabulary (padding to a
     // multiple of 64) become unused tokens, as llama.cpp's own converter writes them.
     let tok = &src.tokenizer;
-    let mut tokens: Vec<Value> = tok.tokens.iter().map(|t| Value::String(t.clone())).collect();
+    let mut tokens: Vec<Value> = tok
+        .tokens
+        .iter()
+        .map(|t| Value::String(t.clone()))
+        .collect();
     let mut types: Vec<Value> = (0..tok.tokens.len() as u32)
         .map(|id| {
             Value::I32(if tok.special_ids.contains(&id) {
@@ -129,7 +139,12 @@ fn metadata(src: &SourceModel, card: &ModelCard, dtype: ExportDtype) -> Vec<(Str
         ("tokenizer.ggml.token_type".into(), Value::Array(types)),
         (
             "tokenizer.ggml.merges".into(),
-            Value::Array(tok.merges.iter().map(|s| Value::String(s.clone())).collect()),
+            Value::Array(
+                tok.merges
+                    .iter()
+                    .map(|s| Value::String(s.clone()))
+                    .collect(),
+            ),
         ),
         ("tokenizer.ggml.bos_token_id".into(), Value::U32(EOS_ID)),
         ("tokenizer.ggml.eos_token_id".into(), Value::U32(EOS_ID)),
@@ -162,12 +177,20 @@ fn q(name: &str, t: &Tensor, dtype: GgmlDType) -> Result<QTensor> {
             });
         }
     }
-    Ok(QTensor::quantize(&t.to_dtype(DType::F32)?.contiguous()?, dtype)?)
+    Ok(QTensor::quantize(
+        &t.to_dtype(DType::F32)?.contiguous()?,
+        dtype,
+    )?)
 }
 
 fn gguf_tensors(src: &SourceModel, wt: GgmlDType) -> Result<Vec<(String, QTensor)>> {
     let c = &src.config;
-    let (h, hd, i, e) = (c.hidden_size, c.head_dim(), c.intermediate_size, c.n_experts);
+    let (h, hd, i, e) = (
+        c.hidden_size,
+        c.head_dim(),
+        c.intermediate_size,
+        c.n_experts,
+    );
     let f32t = GgmlDType::F32;
     let mut out = Vec::new();
     let mut put = |name: String, t: &Tensor, dtype: GgmlDType| -> Result<()> {
@@ -175,20 +198,56 @@ fn gguf_tensors(src: &SourceModel, wt: GgmlDType) -> Result<Vec<(String, QTensor
         out.push((name, qt));
         Ok(())
     };
-    put("token_embd.weight".into(), src.tensor("embed.weight", &[c.vocab_size, h])?, wt)?;
-    put("output_norm.weight".into(), src.tensor("final_norm.weight", &[h])?, f32t)?;
+    put(
+        "token_embd.weight".into(),
+        src.tensor("embed.weight", &[c.vocab_size, h])?,
+        wt,
+    )?;
+    put(
+        "output_norm.weight".into(),
+        src.tensor("final_norm.weight", &[h])?,
+        f32t,
+    )?;
     if !c.tie_embeddings {
-        put("output.weight".into(), src.tensor("lm_head.weight", &[c.vocab_size, h])?, wt)?;
+        put(
+            "output.weight".into(),
+            src.tensor("lm_head.weight", &[c.vocab_size, h])?,
+            wt,
+        )?;
     }
     for l in 0..c.n_layers {
         let (ours, blk) = (format!("layers.{l}"), format!("blk.{l}"));
         let get = |n: &str, shape: &[usize]| src.tensor(&format!("{ours}.{n}"), shape);
-        put(format!("{blk}.attn_norm.weight"), get("attn_norm.weight", &[h])?, f32t)?;
-        put(format!("{blk}.ffn_norm.weight"), get("mlp_norm.weight", &[h])?, f32t)?;
-        put(format!("{blk}.attn_q.weight"), get("attn.q.weight", &[c.n_heads * hd, h])?, wt)?;
-        put(format!("{blk}.attn_k.weight"), get("attn.k.weight", &[c.n_kv_heads * hd, h])?, wt)?;
-        put(format!("{blk}.attn_v.weight"), get("attn.v.weight", &[c.n_kv_heads * hd, h])?, wt)?;
-        put(format!("{blk}.attn_output.weight"), get("attn.o.weight", &[h, c.n_heads * hd])?, wt)?;
+        put(
+            format!("{blk}.attn_norm.weight"),
+            get("attn_norm.weight", &[h])?,
+            f32t,
+        )?;
+        put(
+            format!("{blk}.ffn_norm.weight"),
+            get("mlp_norm.weight", &[h])?,
+            f32t,
+        )?;
+        put(
+            format!("{blk}.attn_q.weight"),
+            get("attn.q.weight", &[c.n_heads * hd, h])?,
+            wt,
+        )?;
+        put(
+            format!("{blk}.attn_k.weight"),
+            get("attn.k.weight", &[c.n_kv_heads * hd, h])?,
+            wt,
+        )?;
+        put(
+            format!("{blk}.attn_v.weight"),
+            get("attn.v.weight", &[c.n_kv_heads * hd, h])?,
+            wt,
+        )?;
+        put(
+            format!("{blk}.attn_output.weight"),
+            get("attn.o.weight", &[h, c.n_heads * hd])?,
+            wt,
+        )?;
         // Per expert (gate, up, down); a dense layer repeats its MLP as every expert.
         let mlps: Vec<[&Tensor; 3]> = if c.is_moe_layer(l) {
             (0..e)
@@ -222,9 +281,16 @@ fn gguf_tensors(src: &SourceModel, wt: GgmlDType) -> Result<Vec<(String, QTensor
             Tensor::zeros((e, h), DType::F32, &candle_core::Device::Cpu)?
         };
         put(format!("{blk}.ffn_gate_inp.weight"), &router, f32t)?;
-        for (k, name) in ["ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"].iter().enumerate() {
+        for (k, name) in ["ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"]
+            .iter()
+            .enumerate()
+        {
             let parts: Vec<&Tensor> = mlps.iter().map(|m| m[k]).collect();
-            put(format!("{blk}.{name}.weight"), &Tensor::stack(&parts, 0)?, wt)?;
+            put(
+                format!("{blk}.{name}.weight"),
+                &Tensor::stack(&parts, 0)?,
+                wt,
+            )?;
         }
     }
     Ok(out)

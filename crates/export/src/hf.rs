@@ -206,9 +206,18 @@ fn hf_tensors(src: &SourceModel, dtype: DType) -> Result<HashMap<String, Tensor>
             get("attn.o.weight", &[h, c.n_heads * hd])?,
         )?;
         let swiglu = |from: &str, to: &str, put: &mut dyn FnMut(String, Tensor) -> Result<()>| {
-            put(format!("{to}.gate_proj.weight"), get(&format!("{from}.gate.weight"), &[i, h])?)?;
-            put(format!("{to}.up_proj.weight"), get(&format!("{from}.up.weight"), &[i, h])?)?;
-            put(format!("{to}.down_proj.weight"), get(&format!("{from}.down.weight"), &[h, i])?)
+            put(
+                format!("{to}.gate_proj.weight"),
+                get(&format!("{from}.gate.weight"), &[i, h])?,
+            )?;
+            put(
+                format!("{to}.up_proj.weight"),
+                get(&format!("{from}.up.weight"), &[i, h])?,
+            )?;
+            put(
+                format!("{to}.down_proj.weight"),
+                get(&format!("{from}.down.weight"), &[h, i])?,
+            )
         };
         if c.is_moe_layer(l) {
             put(
@@ -228,7 +237,10 @@ fn hf_tensors(src: &SourceModel, dtype: DType) -> Result<HashMap<String, Tensor>
             put(format!("{sh}.gate_proj.weight"), zeros((1, h))?)?;
             put(format!("{sh}.up_proj.weight"), zeros((1, h))?)?;
             put(format!("{sh}.down_proj.weight"), zeros((h, 1))?)?;
-            put(format!("{theirs}.mlp.shared_expert_gate.weight"), zeros((1, h))?)?;
+            put(
+                format!("{theirs}.mlp.shared_expert_gate.weight"),
+                zeros((1, h))?,
+            )?;
         } else {
             swiglu("mlp", &format!("{theirs}.mlp"), &mut put)?;
         }

@@ -15,7 +15,9 @@ pub fn half_split_source_row(j: usize, head_dim: usize) -> usize {
 /// The q or k projection `w` (heads × head_dim, hidden) with each head's rows in `rotate_half` order.
 pub fn interleaved_to_half_split(w: &Tensor, heads: usize, head_dim: usize) -> Result<Tensor> {
     let order: Vec<u32> = (0..heads)
-        .flat_map(|h| (0..head_dim).map(move |j| (h * head_dim + half_split_source_row(j, head_dim)) as u32))
+        .flat_map(|h| {
+            (0..head_dim).map(move |j| (h * head_dim + half_split_source_row(j, head_dim)) as u32)
+        })
         .collect();
     let idx = Tensor::new(order.as_slice(), w.device())?;
     w.index_select(&idx, 0)
@@ -68,8 +70,14 @@ mod tests {
         let dev = Device::Cpu;
         let tq = Tensor::from_vec(wq.clone(), (heads * hd, hidden), &dev).unwrap();
         let tk = Tensor::from_vec(wk.clone(), (heads * hd, hidden), &dev).unwrap();
-        let pq = interleaved_to_half_split(&tq, heads, hd).unwrap().to_vec2::<f64>().unwrap();
-        let pk = interleaved_to_half_split(&tk, heads, hd).unwrap().to_vec2::<f64>().unwrap();
+        let pq = interleaved_to_half_split(&tq, heads, hd)
+            .unwrap()
+            .to_vec2::<f64>()
+            .unwrap();
+        let pk = interleaved_to_half_split(&tk, heads, hd)
+            .unwrap()
+            .to_vec2::<f64>()
+            .unwrap();
         let proj = |w: &[Vec<f64>], v: &[f64], h: usize| -> Vec<f64> {
             (0..hd).map(|j| dot(&w[h * hd + j], v)).collect()
         };

@@ -61,7 +61,10 @@ impl SourceModel {
         if t.dims() != shape {
             return Err(input_err(
                 &self.weights_path,
-                format!("`{name}` has shape {:?}, model.json implies {shape:?}", t.dims()),
+                format!(
+                    "`{name}` has shape {:?}, model.json implies {shape:?}",
+                    t.dims()
+                ),
             ));
         }
         Ok(t)

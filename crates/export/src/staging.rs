@@ -57,7 +57,8 @@ impl Dir {
     }
 
     pub(crate) fn write_json(&mut self, name: &str, v: &serde_json::Value) -> Result<()> {
-        let mut text = serde_json::to_string_pretty(v).map_err(|e| output_err(Path::new(name), e))?;
+        let mut text =
+            serde_json::to_string_pretty(v).map_err(|e| output_err(Path::new(name), e))?;
         text.push('\n');
         self.write_bytes(name, text.as_bytes())
     }

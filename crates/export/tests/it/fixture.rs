@@ -16,7 +16,8 @@ pub fn repo_root() -> PathBuf {
 }
 
 pub fn prose() -> String {
-    std::fs::read_to_string(repo_root().join("data/sample/prose.txt")).expect("bundled prose sample")
+    std::fs::read_to_string(repo_root().join("data/sample/prose.txt"))
+        .expect("bundled prose sample")
 }
 
 /// A 1,000-token tokenizer (fewer tokens than any preset's vocabulary: the exports pad), trained once.
@@ -50,8 +51,8 @@ impl Fixture {
     pub fn new(cfg: ModelConfig, seed: u64) -> Fixture {
         let dir = tempfile::tempdir().expect("tempdir");
         let vm = VarMap::new();
-        let model =
-            TardBot::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).expect("model");
+        let model = TardBot::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu))
+            .expect("model");
         init_weights(&vm, &cfg, seed).expect("init");
         let mut rng = tardbot_core::rng::SplitMix64::new(seed ^ 0x5eed);
         for (name, var) in named_vars(&vm) {

@@ -368,6 +368,87 @@ fn run_all_trains_and_a_sigkilled_run_resumes_bit_exactly() {
     });
 
     execution_settings_reuse_cached_stages(a.path());
+    exports_are_recorded_with_their_lineage(a.path());
+}
+
+/// `export` writes the trained model for transformers and llama.cpp and records it as an `export`
+/// attempt of the run whose inputs are the stage's model and tokenizer; a refused export is a failed
+/// attempt that leaves no directory.
+fn exports_are_recorded_with_their_lineage(dir: &Path) {
+    run_ok(
+        dir,
+        &["export", "run-1", "--format", "hf", "--out", "exported/hf"],
+    );
+    assert!(dir.join("exported/hf/config.json").exists());
+    run_ok(
+        dir,
+        &[
+            "export",
+            "run-1",
+            "--stage",
+            "pretrain",
+            "--format",
+            "gguf",
+            "--out",
+            "exported/gguf",
+        ],
+    );
+    assert!(dir.join("exported/gguf/model.gguf").exists());
+    // micro's rows of 16 values cannot be q8_0 blocks of 32.
+    let out = cmd(
+        dir,
+        &[
+            "export",
+            "run-1",
+            "--format",
+            "gguf",
+            "--dtype",
+            "q8_0",
+            "--out",
+            "exported/q8",
+        ],
+    )
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a q8_0 export of micro must be refused"
+    );
+    assert!(
+        stderr.contains("q8_0") && stderr.contains("multiple of 32"),
+        "{stderr}"
+    );
+    assert!(!dir.join("exported/q8").exists());
+    with_ledger(dir, async |l| {
+        let run = l.run("run-1").await.unwrap();
+        assert_eq!(run.status, tardbot_ledger::RunStatus::Succeeded);
+        let attempts = l.attempts(run.id).await.unwrap();
+        let exports: Vec<_> = attempts.iter().filter(|a| a.stage == "export").collect();
+        assert_eq!(exports.len(), 3, "{exports:?}");
+        assert_eq!(exports[2].status, tardbot_ledger::AttemptStatus::Failed);
+        assert!(exports[2].error.as_deref().unwrap_or("").contains("q8_0"));
+        for (attempt, stage, kind) in [
+            (exports[0], "cot", "export-hf-f32"),
+            (exports[1], "pretrain", "export-gguf-f32"),
+        ] {
+            let out = l.artifacts(attempt.id).await.unwrap();
+            assert_eq!(out.len(), 1);
+            assert_eq!(out[0].kind, kind);
+            let inputs = l.inputs(attempt.id).await.unwrap();
+            let model = inputs
+                .iter()
+                .find(|a| a.kind == "model")
+                .expect("model input");
+            let producer = l.attempt(model.attempt_id).await.unwrap();
+            assert_eq!(
+                producer.stage, stage,
+                "the export's lineage names the stage it exported"
+            );
+            assert!(inputs.iter().any(|a| a.kind == "tokenizer"));
+        }
+    });
+    run_ok(dir, &["status", "run-1"]);
 }
 
 /// `[execution]` settings that give the same bits (expert swapping, activation checkpointing,

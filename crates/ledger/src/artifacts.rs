@@ -82,3 +82,21 @@ impl Ledger {
         tx.commit().await.ctx("commit inputs")
     }
 }
+
+impl Ledger {
+    /// Lineage, the other way: the artifacts `attempt_id` consumed.
+    pub async fn inputs(&self, attempt_id: i64) -> Result<Vec<Artifact>, LedgerError> {
+        let rows = sqlx::query(
+            "SELECT a.id, a.attempt_id, a.kind, a.path, a.hash, a.bytes FROM artifact_inputs i
+             JOIN artifacts a ON a.id = i.artifact_id WHERE i.attempt_id = ? ORDER BY a.id",
+        )
+        .bind(attempt_id)
+        .fetch_all(&self.pool)
+        .await
+        .ctx("select inputs")?;
+        rows.iter()
+            .map(Artifact::from_row)
+            .collect::<Result<_, _>>()
+            .ctx("decode inputs")
+    }
+}

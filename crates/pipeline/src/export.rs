@@ -79,7 +79,12 @@ pub async fn export(
     // The artifact is the export directory; its hash is the main file's (the weights).
     let main = written
         .iter()
-        .find(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("safetensors" | "gguf")))
+        .find(|p| {
+            matches!(
+                p.extension().and_then(|e| e.to_str()),
+                Some("safetensors" | "gguf")
+            )
+        })
         .context("the export wrote no weights file")?;
     let hash = blake3::Hasher::new()
         .update_mmap(main)

@@ -34,6 +34,8 @@ pub struct CardEval {
     pub stage: String,
     pub suite: String,
     pub metric: String,
+    /// The stage's first value (before it trained, for stages that evaluate at step 0).
+    pub before: Option<f64>,
     pub value: f64,
     /// Items the figure is over, when known.
     pub n: Option<i64>,
@@ -121,8 +123,8 @@ impl ModelCard {
                      q/k rows permuted for half-split RoPE. It computes the same function as TardBot.\n\n\
                      ```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\
                      tok = AutoTokenizer.from_pretrained(path)\nmodel = AutoModelForCausalLM.from_pretrained(path)\n\
-                     ids = tok.apply_chat_template([{{\"role\": \"user\", \"content\": \"Hello\"}}], add_generation_prompt=True, return_tensors=\"pt\")\n\
-                     print(tok.decode(model.generate(ids, max_new_tokens=64)[0]))\n```"
+                     inputs = tok.apply_chat_template([{{\"role\": \"user\", \"content\": \"Hello\"}}], add_generation_prompt=True, return_tensors=\"pt\", return_dict=True)\n\
+                     print(tok.decode(model.generate(**inputs, max_new_tokens=64)[0]))\n```"
                 );
             }
             _ => {

@@ -73,6 +73,18 @@ impl SourceModel {
     /// Every tensor the config implies is present with its shape, and nothing else is.
     fn check(&self) -> Result<()> {
         let c = &self.config;
+        if !c.head_dim().is_multiple_of(2) || c.head_dim() * c.n_heads != c.hidden_size {
+            return Err(crate::ExportError::Unsupported {
+                format: "hf or gguf",
+                reason: format!(
+                    "head_dim {} (hidden_size {} / n_heads {}) must be even and divide hidden_size: \
+                     RoPE rotates pairs of dimensions",
+                    c.head_dim(),
+                    c.hidden_size,
+                    c.n_heads
+                ),
+            });
+        }
         let shapes = expected_shapes(c);
         for (name, shape) in &shapes {
             self.tensor(name, shape)?;

@@ -169,6 +169,8 @@ async fn model_card(
                 stage: e.stage,
                 suite: e.suite,
                 metric: e.metric,
+                // One eval (no before/after pair) shows as after only.
+                before: e.before.filter(|_| e.evals > 1),
                 value: v,
                 n: e.samples,
             })

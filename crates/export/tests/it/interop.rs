@@ -362,14 +362,14 @@ fn run_check(python: &Path, script: &str, reference: &Path) -> Value {
         .unwrap_or_else(|e| panic!("{script} printed no JSON ({e}):\n{stdout}\n{stderr}"))
 }
 
-/// Exports `preset` (random weights) as hf f32 and gguf f32 + q8_0, writes our figures, and runs
+/// Exports a model of `cfg` (random weights; `preset` names it in the output) as hf f32 and gguf f32 + q8_0, writes our figures, and runs
 /// both checks. `long` tokens (past the window) for the transformers logits and greedy prompt,
 /// `short` (inside it) for llama.cpp.
-fn check_preset(preset: &str, long: usize, short: usize) {
+fn check_model(preset: &str, cfg: tardbot_core::ModelConfig, long: usize, short: usize) {
     let Some(python) = interop_python() else {
         return;
     };
-    let fx = Fixture::preset(preset, 11);
+    let fx = Fixture::new(cfg, 11);
     assert!(long > fx.cfg.window && short + 32 <= fx.cfg.window);
     let src = fx.source();
     let card = fx.card();
@@ -448,14 +448,42 @@ fn check_preset(preset: &str, long: usize, short: usize) {
     assert_eq!(gguf["f32_greedy_equal"], true);
 }
 
+fn preset(name: &str) -> tardbot_core::ModelConfig {
+    tardbot_core::ModelConfig::from_preset(name).expect("preset")
+}
+
 #[test]
 fn transformers_and_llama_cpp_run_tiny_exactly() {
     // tiny: window 128; 300 tokens reach well past it.
-    check_preset("tiny", 300, 64);
+    check_model("tiny", preset("tiny"), 300, 64);
 }
 
 #[test]
 fn transformers_and_llama_cpp_run_mac_nano_exactly() {
     // mac_nano: window 768.
-    check_preset("mac_nano", 900, 200);
+    check_model("mac_nano", preset("mac_nano"), 900, 200);
+}
+
+#[test]
+fn transformers_and_llama_cpp_run_a_dense_model_with_an_untied_head_exactly() {
+    // The shape of dense_175m (no experts: Qwen2-MoE with only MLP layers, plain llama), at tiny's size,
+    // with an untied LM head and top-3 elsewhere untested; the exports' other branches.
+    let cfg = tardbot_core::ModelConfig {
+        n_experts: 0,
+        experts_per_token: 0,
+        n_dense_layers: 4,
+        tie_embeddings: false,
+        ..preset("tiny")
+    };
+    check_model("tiny dense, untied", cfg, 300, 64);
+}
+
+#[test]
+fn transformers_and_llama_cpp_run_top_3_routing_exactly() {
+    // Three experts per token: llama.cpp's identical dense experts weigh 1/3 each.
+    let cfg = tardbot_core::ModelConfig {
+        experts_per_token: 3,
+        ..preset("tiny")
+    };
+    check_model("tiny top-3", cfg, 300, 64);
 }

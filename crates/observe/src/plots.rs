@@ -240,10 +240,10 @@ fn finite_points(s: &Series) -> Vec<(f64, f64)> {
         .collect()
 }
 
-/// Whether a chart of these series has a line to draw: one series with [`MIN_CHART_POINTS`] finite
-/// points at different steps.
+/// Whether a chart of these series has a line to draw: one line series (dots alone are no curve) with
+/// [`MIN_CHART_POINTS`] finite points at different steps.
 pub(crate) fn has_line(series: &[Series]) -> bool {
-    series.iter().any(|s| {
+    series.iter().filter(|s| s.line).any(|s| {
         let mut xs: Vec<f64> = finite_points(s).into_iter().map(|p| p.0).collect();
         xs.dedup();
         xs.len() >= MIN_CHART_POINTS

@@ -53,6 +53,8 @@ const DETAIL_CHARTS: [(&str, &str, &str, f64); 6] = [
 
 /// The attempts of one stage that logged metrics, oldest first.
 pub(super) type Attempts<'a> = Vec<(&'a AttemptDetail, &'a AttemptMetrics)>;
+/// Stages with their attempts, in order.
+pub(super) type Stages<'a> = Vec<(String, Attempts<'a>)>;
 
 /// Whether a stage trained: it logged a per-step loss. Its metrics are steps of training; any other
 /// stage's metrics are figures of its data (see [`super::data`]).
@@ -62,9 +64,7 @@ pub(super) fn is_training(attempts: &[(&AttemptDetail, &AttemptMetrics)]) -> boo
 
 impl Report<'_> {
     /// Stages that logged metrics, in order, split into training stages and data stages.
-    pub(super) fn stages_with_metrics(
-        &self,
-    ) -> (Vec<(String, Attempts<'_>)>, Vec<(String, Attempts<'_>)>) {
+    pub(super) fn stages_with_metrics(&self) -> (Stages<'_>, Stages<'_>) {
         let (mut training, mut data) = (Vec::new(), Vec::new());
         for stage in self.h.stages() {
             let attempts = self.h.trained_attempts(&stage);

@@ -202,6 +202,10 @@ fn expand_plugin_macros(sql: &str, from_ms: i64, to_ms: i64) -> Result<(String, 
 /// (less one `unixEpochGroupSeconds` bucket) for a query filtering on `$__from` / `$__to`, a plausible
 /// date otherwise — and a time series is sorted by time.
 ///
+/// The report's reading rules, where they apply: every time-series panel has an axis label (with its
+/// unit); a dashboard with a loss panel shows it as its first time series; and a time-series query
+/// that is not bucketed by `unixEpochGroupSeconds` returns at least two rows per series.
+///
 /// A query returning no rows is no problem (see [`DashboardCheck::empty`]). Every problem found is
 /// returned at once in [`ObserveError::Dashboards`], each naming `dashboard / panel / refId`.
 pub async fn check_dashboards(
@@ -372,6 +376,7 @@ impl Checker<'_> {
         if ps.is_empty() {
             self.problem(format!("{name}: no panels"));
         }
+        self.layout(name, &ps);
         for p in ps {
             if p["type"] == "row" {
                 continue;
@@ -403,13 +408,45 @@ impl Checker<'_> {
                     time_filtered: false,
                     rows: 0,
                 };
-                if let Err(e) = self.target(query, t, &vars).await {
+                let chart = p["type"] == "timeseries";
+                if let Err(e) = self.target(query, t, &vars, chart).await {
                     self.problem(format!(
                         "{at} / {}: {e}",
                         t["refId"].as_str().unwrap_or("?")
                     ));
                 }
             }
+        }
+    }
+
+    /// The report's reading rules where they apply to a dashboard: every time-series panel names its
+    /// axis with a unit (`fieldConfig.defaults.custom.axisLabel`), and in a dashboard with a loss
+    /// panel the first time-series panel (top to bottom, left to right) is a loss panel.
+    fn layout(&mut self, name: &str, ps: &[&Value]) {
+        let mut charts: Vec<(i64, i64, &str)> = Vec::new();
+        for p in ps.iter().filter(|p| p["type"] == "timeseries") {
+            let title = p["title"].as_str().unwrap_or("?");
+            if p["fieldConfig"]["defaults"]["custom"]["axisLabel"]
+                .as_str()
+                .is_none_or(|l| l.trim().is_empty())
+            {
+                self.problem(format!(
+                    "{name} / {title}: a time series without an axis label (fieldConfig.defaults.custom.axisLabel, with its unit)"
+                ));
+            }
+            let at = |k: &str| p["gridPos"][k].as_i64().unwrap_or(i64::MAX);
+            charts.push((at("y"), at("x"), title));
+        }
+        charts.sort();
+        let is_loss = |t: &str| t.to_ascii_lowercase().contains("loss");
+        if charts.iter().any(|c| is_loss(c.2))
+            && let Some(first) = charts.first()
+            && !is_loss(first.2)
+        {
+            self.problem(format!(
+                "{name}: the first time series is {:?}; a dashboard with a loss panel shows it first",
+                first.2
+            ));
         }
     }
 
@@ -485,6 +522,7 @@ impl Checker<'_> {
         mut query: PanelQuery,
         t: &Value,
         vars: &BTreeMap<String, String>,
+        chart: bool,
     ) -> Result<(), String> {
         let (from_ms, to_ms) = (self.from_ms, self.to_ms);
         if t["datasource"]["uid"] != DATASOURCE_UID {
@@ -530,9 +568,44 @@ impl Checker<'_> {
                 range,
                 query_type == Some("time series"),
             )?;
+            // Per-step series (not time buckets, where one bucket is a fair average) need two points.
+            if chart && bucket == 0 {
+                check_series_points(&table, &time_columns)?;
+            }
         }
         self.queries.push(query);
         Ok(())
+    }
+}
+
+/// Every series of a time-series panel's result has at least two rows: a single point is no curve
+/// (the report's rule; such a figure belongs in a table). A series is a distinct value of the text
+/// columns that are not time columns (Grafana's long-to-wide split); a result without any is one series.
+fn check_series_points(t: &Table, time_columns: &[&str]) -> Result<(), String> {
+    let mut rows: BTreeMap<Vec<String>, usize> = BTreeMap::new();
+    for row in &t.rows {
+        let key: Vec<String> = row
+            .iter()
+            .zip(&t.columns)
+            .filter(|(_, c)| !time_columns.contains(&c.as_str()))
+            .filter_map(|(v, _)| match v {
+                Cell::Text(s) => Some(s.clone()),
+                _ => None,
+            })
+            .collect();
+        *rows.entry(key).or_default() += 1;
+    }
+    let single: Vec<String> = rows
+        .into_iter()
+        .filter(|(_, n)| *n < 2)
+        .map(|(k, _)| k.join(" "))
+        .collect();
+    if single.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "series with a single point, drawn as an empty chart (leave them out, e.g. HAVING count(*) >= 2): {single:?}"
+        ))
     }
 }
 

@@ -3,7 +3,9 @@
 //! Text is emitted as SVG `<text>` and laid out by the browser; no fonts are loaded here.
 
 use crate::error::ObserveError;
+use plotters::coord::ranged1d::{DefaultFormatting, KeyPointHint};
 use plotters::prelude::*;
+use std::ops::Range;
 
 /// Line colours (the "tab10" palette); the first is the loss curve of a stage's first attempt.
 const PALETTE: [RGBColor; 10] = [
@@ -73,24 +75,138 @@ fn plot_err<E: std::fmt::Display>(what: &str, e: E) -> ObserveError {
     }
 }
 
-/// Compact axis numbers: `12.3k`, `0.25`, `3.0e-4`.
-fn axis_num(v: f64) -> String {
-    let a = v.abs();
-    if v == 0.0 {
-        "0".into()
-    } else if a >= 1e6 {
-        format!("{:.1}M", v / 1e6)
-    } else if a >= 1e4 {
-        format!("{:.1}k", v / 1e3)
-    } else if a < 1e-2 {
-        format!("{v:.1e}")
-    } else {
-        let s = format!("{v:.3}");
-        s.trim_end_matches('0').trim_end_matches('.').to_string()
+/// Tick positions of an axis: multiples of a "nice" step (1, 2 or 5 × 10^k), and how to label them.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Ticks {
+    /// The axis range, widened to whole steps.
+    pub lo: f64,
+    pub hi: f64,
+    pub step: f64,
+    pub values: Vec<f64>,
+    /// Divisor and suffix of every label (`1e3`, `k`), or a power of ten the axis title names instead
+    /// (`×1e-4`), so that labels stay short.
+    div: f64,
+    suffix: &'static str,
+    /// Decimals every label gets: enough to tell the step apart, so that no two labels are equal.
+    decimals: usize,
+}
+
+impl Ticks {
+    /// About `max` ticks over `lo..hi`, never a step below `min_step` (1 for steps: no fractional ones).
+    pub fn new(lo: f64, hi: f64, max: usize, min_step: f64) -> Ticks {
+        let (lo, hi) = if lo.is_finite() && hi.is_finite() && hi > lo {
+            (lo, hi)
+        } else if lo.is_finite() {
+            (lo - 1.0, lo + 1.0)
+        } else {
+            (0.0, 1.0)
+        };
+        let rough = (hi - lo) / max.max(2).saturating_sub(1) as f64;
+        let mag = 10f64.powf(rough.log10().floor());
+        let step = [1.0, 2.0, 5.0, 10.0]
+            .iter()
+            .map(|m| m * mag)
+            .find(|s| *s >= rough * (1.0 - 1e-9))
+            .unwrap_or(10.0 * mag)
+            .max(min_step);
+        let (first, last) = ((lo / step).floor() as i64, (hi / step).ceil() as i64);
+        let values: Vec<f64> = (first..=last).map(|i| i as f64 * step).collect();
+        let biggest = values.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let (div, suffix) = if biggest >= 1e6 {
+            (1e6, "M")
+        } else if biggest >= 1e4 {
+            (1e3, "k")
+        } else if biggest > 0.0 && biggest < 1e-2 {
+            (10f64.powf(biggest.log10().floor()), "")
+        } else {
+            (1.0, "")
+        };
+        // The fewest decimals that show the step (in label units) exactly.
+        let unit_step = step / div;
+        let decimals = (0..10)
+            .find(|&d| {
+                let scaled = unit_step * 10f64.powi(d as i32);
+                (scaled - scaled.round()).abs() < 1e-6 * scaled.max(1.0)
+            })
+            .unwrap_or(10);
+        Ticks {
+            lo: first as f64 * step,
+            hi: last as f64 * step,
+            step,
+            values,
+            div,
+            suffix,
+            decimals,
+        }
+    }
+
+    /// The label of tick `v`: `0` for zero (never `-0`), `12.5k`, `0.25`.
+    pub fn label(&self, v: f64) -> String {
+        if v.abs() < self.step * 1e-6 {
+            return "0".into();
+        }
+        format!("{:.*}{}", self.decimals, v / self.div, self.suffix)
+    }
+
+    /// What the axis title adds when labels are scaled by a power of ten the labels do not show.
+    pub fn scale_note(&self) -> String {
+        if self.suffix.is_empty() && self.div != 1.0 {
+            format!(" (×1e{})", self.div.log10().round() as i32)
+        } else {
+            String::new()
+        }
     }
 }
 
-/// A range around `lo..hi` with a little air, never empty.
+/// A linear axis over `lo..hi` whose ticks are exactly the given values (plotters would pick its own,
+/// some of them fractional steps or labels that round to the same text).
+struct TickAxis {
+    lo: f64,
+    hi: f64,
+    ticks: Vec<f64>,
+}
+
+impl TickAxis {
+    fn new(lo: f64, hi: f64, ticks: Vec<f64>) -> TickAxis {
+        TickAxis { lo, hi, ticks }
+    }
+}
+
+impl Ranged for TickAxis {
+    type FormatOption = DefaultFormatting;
+    type ValueType = f64;
+
+    /// As plotters maps its own f64 axes.
+    fn map(&self, v: &f64, limit: (i32, i32)) -> i32 {
+        let span = self.hi - self.lo;
+        if span <= 0.0 {
+            return (limit.0 + limit.1) / 2;
+        }
+        let t = (v - self.lo) / span;
+        let length = f64::from(limit.1 - limit.0);
+        if length >= 0.0 {
+            limit.0 + (length * t + 1e-3).floor() as i32
+        } else {
+            limit.0 + (length * t - 1e-3).ceil() as i32
+        }
+    }
+
+    /// The ticks as bold grid lines; no light ones.
+    fn key_points<H: KeyPointHint>(&self, hint: H) -> Vec<f64> {
+        if hint.weight().allow_light_points() {
+            Vec::new()
+        } else {
+            self.ticks.clone()
+        }
+    }
+
+    fn range(&self) -> Range<f64> {
+        self.lo..self.hi
+    }
+}
+
+/// The range the y axis shows for values in `lo..hi`: some air, and zero kept as the floor of
+/// non-negative values that come close to it.
 fn padded(lo: f64, hi: f64, floor_zero: bool) -> (f64, f64) {
     if !lo.is_finite() || !hi.is_finite() {
         return (0.0, 1.0);
@@ -111,22 +227,42 @@ fn padded(lo: f64, hi: f64, floor_zero: bool) -> (f64, f64) {
     (lo, hi + pad)
 }
 
-/// A line chart of several series over steps; `None` when no series has a finite point.
+/// The least number of points a line chart needs: with one point there is no line, only an empty
+/// frame with made-up axes, so such a figure belongs in a table.
+pub(crate) const MIN_CHART_POINTS: usize = 2;
+
+/// Finite points of a series, in x order.
+fn finite_points(s: &Series) -> Vec<(f64, f64)> {
+    s.points
+        .iter()
+        .copied()
+        .filter(|&(x, y)| x.is_finite() && y.is_finite())
+        .collect()
+}
+
+/// Whether a chart of these series has a line to draw: one line series (dots alone are no curve) with
+/// [`MIN_CHART_POINTS`] finite points at different steps.
+pub(crate) fn has_line(series: &[Series]) -> bool {
+    series.iter().filter(|s| s.line).any(|s| {
+        let mut xs: Vec<f64> = finite_points(s).into_iter().map(|p| p.0).collect();
+        xs.dedup();
+        xs.len() >= MIN_CHART_POINTS
+    })
+}
+
+/// A line chart of several series over steps, without a legend (the report writes it in HTML below
+/// the chart, where it never covers a curve); `None` when no series has a line ([`has_line`]). A
+/// line series with a single point (an attempt that logged one step) is drawn as a dot.
 pub(crate) fn line_chart(
     title: &str,
     y_desc: &str,
     series: &[Series],
     size: (u32, u32),
 ) -> Result<Option<String>, ObserveError> {
-    let finite = |&(x, y): &(f64, f64)| x.is_finite() && y.is_finite();
-    let all: Vec<(f64, f64)> = series
-        .iter()
-        .flat_map(|s| s.points.iter().copied())
-        .filter(finite)
-        .collect();
-    if all.is_empty() {
+    if !has_line(series) {
         return Ok(None);
     }
+    let all: Vec<(f64, f64)> = series.iter().flat_map(finite_points).collect();
     let (x_lo, x_hi) = all
         .iter()
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| {
@@ -137,75 +273,54 @@ pub(crate) fn line_chart(
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| {
             (lo.min(p.1), hi.max(p.1))
         });
-    let (x_lo, x_hi) = if x_hi > x_lo {
-        (x_lo, x_hi)
-    } else {
-        (x_lo - 1.0, x_hi + 1.0)
-    };
+    // Steps are whole numbers: ticks at least 1 apart, so that no two show the same step.
+    let xt = Ticks::new(x_lo, x_hi, 7, 1.0);
     let (y_lo, y_hi) = padded(y_lo, y_hi, true);
+    let yt = Ticks::new(y_lo, y_hi, 6, 0.0);
+    let y_title = format!("{y_desc}{}", yt.scale_note());
 
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
         root.fill(&WHITE).map_err(|e| plot_err(title, e))?;
         let mut chart = ChartBuilder::on(&root)
-            .caption(title, (FONT, px(15.0)))
+            .caption(title, (FONT, px(14.0)))
             .margin(10)
-            .x_label_area_size(34)
-            .y_label_area_size(58)
-            .build_cartesian_2d(x_lo..x_hi, y_lo..y_hi)
+            .x_label_area_size(38)
+            .y_label_area_size(60)
+            .build_cartesian_2d(
+                TickAxis::new(xt.lo, xt.hi, xt.values.clone()),
+                TickAxis::new(yt.lo, yt.hi, yt.values.clone()),
+            )
             .map_err(|e| plot_err(title, e))?;
         chart
             .configure_mesh()
-            .light_line_style(GRID)
             .bold_line_style(GRID)
             .axis_style(AXIS)
             .label_style((FONT, px(12.0)))
+            .axis_desc_style((FONT, px(12.0)))
             .x_desc("step")
-            .y_desc(y_desc)
-            .x_labels(8)
-            .y_labels(6)
-            .x_label_formatter(&|v| format!("{v:.0}"))
-            .y_label_formatter(&|v| axis_num(*v))
+            .y_desc(y_title.as_str())
+            .x_label_formatter(&|v| xt.label(*v))
+            .y_label_formatter(&|v| yt.label(*v))
             .draw()
             .map_err(|e| plot_err(title, e))?;
         for s in series {
-            let points: Vec<(f64, f64)> = s.points.iter().copied().filter(finite).collect();
-            if points.is_empty() {
-                continue;
-            }
+            let points = finite_points(s);
             let color = s.color;
-            if s.line {
+            if s.line && points.len() >= MIN_CHART_POINTS {
                 chart
                     .draw_series(LineSeries::new(
                         points.iter().copied(),
                         color.stroke_width(2),
                     ))
-                    .map_err(|e| plot_err(title, e))?
-                    .label(s.name.as_str())
-                    .legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
-                    });
+                    .map_err(|e| plot_err(title, e))?;
             }
-            if s.markers {
-                let anno = chart
+            if s.markers || (s.line && points.len() == 1) {
+                chart
                     .draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled())))
                     .map_err(|e| plot_err(title, e))?;
-                if !s.line {
-                    anno.label(s.name.as_str())
-                        .legend(move |(x, y)| Circle::new((x + 9, y), 4, color.filled()));
-                }
             }
-        }
-        if series.len() > 1 || series.iter().any(|s| !s.name.is_empty()) {
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperRight)
-                .background_style(WHITE.mix(0.85))
-                .border_style(GRID)
-                .label_font((FONT, px(12.0)))
-                .draw()
-                .map_err(|e| plot_err(title, e))?;
         }
         root.present().map_err(|e| plot_err(title, e))?;
     }
@@ -253,6 +368,19 @@ pub(crate) fn heatmap(h: &Heatmap, width: u32) -> Result<Option<String>, Observe
     let x_hi = h.bins.last().map_or(1.0, |b| b.1).max(x_lo + 1.0);
     let experts = h.experts;
     let height = (70 + 16 * experts).clamp(150, 520);
+    // Whole steps inside the drawn bins, and every expert up to 16 labels (then every n-th).
+    let xt = Ticks::new(x_lo, x_hi, 7, 1.0);
+    let x_ticks: Vec<f64> = xt
+        .values
+        .iter()
+        .copied()
+        .filter(|v| (x_lo..=x_hi).contains(v))
+        .collect();
+    let every = experts.div_ceil(16).max(1);
+    let y_ticks: Vec<f64> = (0..experts)
+        .step_by(every as usize)
+        .map(f64::from)
+        .collect();
     let mut svg = String::new();
     {
         let title = h.title.as_str();
@@ -263,7 +391,10 @@ pub(crate) fn heatmap(h: &Heatmap, width: u32) -> Result<Option<String>, Observe
             .margin(8)
             .x_label_area_size(30)
             .y_label_area_size(44)
-            .build_cartesian_2d(x_lo..x_hi, -0.5..(f64::from(experts) - 0.5))
+            .build_cartesian_2d(
+                TickAxis::new(x_lo, x_hi, x_ticks),
+                TickAxis::new(-0.5, f64::from(experts) - 0.5, y_ticks),
+            )
             .map_err(|e| plot_err(title, e))?;
         chart
             .configure_mesh()
@@ -271,10 +402,8 @@ pub(crate) fn heatmap(h: &Heatmap, width: u32) -> Result<Option<String>, Observe
             .axis_style(AXIS)
             .label_style((FONT, px(11.0)))
             .x_desc("step")
-            .x_labels(8)
-            .y_labels((experts as usize).min(16))
-            .x_label_formatter(&|v| format!("{v:.0}"))
-            .y_label_formatter(&|v| format!("E{:.0}", v))
+            .x_label_formatter(&|v| xt.label(*v))
+            .y_label_formatter(&|v| format!("E{}", v.round() as i64))
             .draw()
             .map_err(|e| plot_err(title, e))?;
         let cells = h.bins.iter().zip(&h.cells).flat_map(|(&(b0, b1), col)| {
@@ -314,18 +443,14 @@ mod tests {
         assert!(svg.starts_with("<svg"), "{}", &svg[..60.min(svg.len())]);
         assert!(svg.contains("<polyline"), "a line series is a polyline");
         assert!(
-            svg.contains("attempt 1") && svg.contains("\nval\n"),
-            "legend entries: {svg}"
+            !svg.contains("attempt 1"),
+            "the legend is the report's HTML, not part of the SVG"
         );
-        assert_eq!(
-            svg.matches("<circle").count(),
-            3,
-            "two eval dots and one legend dot"
-        );
+        assert_eq!(svg.matches("<circle").count(), 2, "two eval dots");
     }
 
     #[test]
-    fn empty_or_non_finite_series_draw_nothing() {
+    fn charts_need_two_steps() {
         let s = Series::line("x", vec![(0.0, f64::NAN), (1.0, f64::INFINITY)], palette(0));
         assert!(
             line_chart("t", "y", &[s], (400, 200))
@@ -333,12 +458,72 @@ mod tests {
                 .is_none()
         );
         let one = Series::line("x", vec![(3.0, 2.0)], palette(0));
+        let dots = Series::dots("val", vec![(3.0, 2.5), (7.0, 2.0)], palette(1));
         assert!(
-            line_chart("t", "y", &[one], (400, 200))
+            line_chart("t", "y", &[one, dots], (400, 200))
                 .expect("no error")
-                .is_some(),
-            "a single point still gets axes"
+                .is_none(),
+            "one logged step is a number for a table, and eval dots alone are no curve"
         );
+        let same_step = Series::line("x", vec![(3.0, 2.0), (3.0, 2.5)], palette(0));
+        assert!(
+            !has_line(&[same_step]),
+            "two values at one step are no line"
+        );
+        let two = Series::line("x", vec![(3.0, 2.0), (4.0, 2.5)], palette(0));
+        let lone = Series::line("attempt 2", vec![(9.0, 1.0)], palette(1));
+        let svg = line_chart("t", "y", &[two, lone], (400, 200))
+            .expect("no error")
+            .expect("two steps draw");
+        assert_eq!(
+            svg.matches("<circle").count(),
+            1,
+            "an attempt with one step is a dot"
+        );
+    }
+
+    #[test]
+    fn tick_labels_are_distinct_and_never_minus_zero() {
+        let cases: [(f64, f64, usize, f64); 9] = [
+            (-1.0, 1.0, 6, 0.0),
+            (0.0, 3.0, 7, 1.0),
+            (0.0, 300.0, 7, 1.0),
+            (5.6001, 5.6003, 6, 0.0),
+            (0.0, 3.2e-4, 6, 0.0),
+            (9_000.0, 14_000.0, 6, 0.0),
+            (0.0, 2.4e6, 6, 0.0),
+            (-0.03, 0.27, 6, 0.0),
+            (2.0, 2.0, 6, 0.0),
+        ];
+        for (lo, hi, max, min_step) in cases {
+            let t = Ticks::new(lo, hi, max, min_step);
+            let labels: Vec<String> = t.values.iter().map(|&v| t.label(v)).collect();
+            let mut unique = labels.clone();
+            unique.sort();
+            unique.dedup();
+            assert_eq!(unique.len(), labels.len(), "{lo}..{hi}: {labels:?}");
+            let minus_zero =
+                |l: &String| l.starts_with('-') && l[1..].chars().all(|c| c == '0' || c == '.');
+            assert!(!labels.iter().any(minus_zero), "{lo}..{hi}: {labels:?}");
+            assert!(t.lo <= lo && t.hi >= hi, "{lo}..{hi} inside {t:?}");
+            assert!(labels.len() >= 2 && labels.len() <= max + 2, "{labels:?}");
+        }
+        let steps = Ticks::new(0.0, 3.0, 7, 1.0);
+        assert_eq!(
+            steps
+                .values
+                .iter()
+                .map(|&v| steps.label(v))
+                .collect::<Vec<_>>(),
+            ["0", "1", "2", "3"],
+            "steps are whole"
+        );
+        let lr = Ticks::new(0.0, 3.2e-4, 6, 0.0);
+        assert_eq!(lr.scale_note(), " (×1e-4)");
+        assert_eq!(lr.label(1e-4), "1");
+        let tps = Ticks::new(9_000.0, 14_000.0, 6, 0.0);
+        assert_eq!(tps.label(12_000.0), "12k");
+        assert_eq!(Ticks::new(-1.0, 1.0, 6, 0.0).label(-1e-17), "0");
     }
 
     #[test]

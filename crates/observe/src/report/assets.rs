@@ -25,9 +25,17 @@ tbody tr:nth-child(even){background:#fcfcfd}
 td small{color:var(--muted)}
 .err{color:var(--bad);white-space:pre-wrap}
 .better{color:var(--ok);font-weight:600}.worse{color:var(--bad);font-weight:600}
-.charts{display:flex;flex-wrap:wrap;gap:14px}
-figure{margin:0;background:#fff;border:1px solid var(--line);border-radius:8px;padding:6px;flex:0 1 634px}
-figure svg{display:block;max-width:100%;height:auto}
+.charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(400px,1fr));gap:14px}
+figure{margin:0;background:#fff;border:1px solid var(--line);border-radius:8px;padding:6px;min-width:0}
+figure svg{display:block;width:100%;height:auto}
+figcaption{font-size:12px;padding:2px 6px 2px;line-height:1.7}
+.key{white-space:nowrap;margin-right:12px}.key i{display:inline-block;width:16px;height:3px;vertical-align:middle;margin-right:5px}
+.key i.dot{width:8px;height:8px;border-radius:50%}.note{color:var(--muted)}
+.data-stages{display:grid;grid-template-columns:repeat(auto-fill,minmax(360px,1fr));gap:0 18px}
+.wide{overflow-x:auto}
+table.data td:not(:first-child),table.figures td+td{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+td time{white-space:nowrap}td code{overflow-wrap:anywhere}
+table.data th:not(:first-child),table.figures th+th{text-align:right}
 .sw{display:inline-block;width:12px;height:12px;border:1px solid #ccc;vertical-align:middle}
 pre{background:#fff;border:1px solid var(--line);border-radius:8px;padding:12px;overflow:auto;max-height:480px;font-size:12.5px}
 details{margin:6px 0}summary{cursor:pointer;color:var(--info)}

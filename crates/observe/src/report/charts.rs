@@ -1,21 +1,181 @@
-//! Training curves per stage and the MoE expert-load heatmaps.
+//! Training curves: the loss of every training stage first, then per stage the other per-step
+//! metrics; the MoE expert-load heatmaps.
 
 use super::*;
 
+/// One line per attempt of `key`, values times `scale`.
+fn per_attempt(
+    attempts: &[(&AttemptDetail, &AttemptMetrics)],
+    key: &str,
+    scale: f64,
+) -> Vec<Series> {
+    attempts
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (a, m))| {
+            m.scalars
+                .get(key)
+                .map(|c| Series::line(attempt_label(a), curve_points(c, scale), palette(i)))
+        })
+        .collect()
+}
+
+/// The per-step training metrics besides the loss, in the order the details show them: key, chart
+/// title, y-axis title with its unit, and the factor values are drawn with.
+const DETAIL_CHARTS: [(&str, &str, &str, f64); 6] = [
+    (
+        "total_loss",
+        "total loss (cross-entropy + router terms)",
+        "loss (nats/token)",
+        1.0,
+    ),
+    (
+        "grad_norm",
+        "gradient norm",
+        "L2 norm (before clipping)",
+        1.0,
+    ),
+    ("lr", "learning rate", "learning rate", 1.0),
+    ("tokens_per_s", "throughput", "tokens/s", 1.0),
+    (
+        "mfu",
+        "model FLOPs utilisation",
+        "MFU (% of fp32 peak)",
+        100.0,
+    ),
+    (
+        "aux_loss",
+        "router auxiliary losses",
+        "loss (unitless)",
+        1.0,
+    ),
+];
+
+/// The attempts of one stage that logged metrics, oldest first.
+pub(super) type Attempts<'a> = Vec<(&'a AttemptDetail, &'a AttemptMetrics)>;
+/// Stages with their attempts, in order.
+pub(super) type Stages<'a> = Vec<(String, Attempts<'a>)>;
+
+/// Whether a stage trained: it logged a per-step loss. Its metrics are steps of training; any other
+/// stage's metrics are figures of its data (see [`super::data`]).
+pub(super) fn is_training(attempts: &[(&AttemptDetail, &AttemptMetrics)]) -> bool {
+    attempts.iter().any(|(_, m)| m.scalars.contains_key("loss"))
+}
+
 impl Report<'_> {
-    pub(super) fn training(&self, out: &mut String) -> Result<(), ObserveError> {
-        out.push_str("<section id=\"training\">\n<h2>Training</h2>\n");
-        let mut any = false;
+    /// Stages that logged metrics, in order, split into training stages and data stages.
+    pub(super) fn stages_with_metrics(&self) -> (Stages<'_>, Stages<'_>) {
+        let (mut training, mut data) = (Vec::new(), Vec::new());
         for stage in self.h.stages() {
             let attempts = self.h.trained_attempts(&stage);
             if attempts.iter().all(|(_, m)| m.scalars.is_empty()) {
                 continue;
             }
-            any = true;
-            self.training_stage(out, &stage, &attempts)?;
+            if is_training(&attempts) {
+                training.push((stage, attempts));
+            } else {
+                data.push((stage, attempts));
+            }
         }
-        if !any {
+        (training, data)
+    }
+
+    /// "Did it learn": the loss curve of every training stage, held-out losses as dots, side by side.
+    pub(super) fn learning(&self, out: &mut String) -> Result<(), ObserveError> {
+        out.push_str("<section id=\"learning\">\n<h2>Learning</h2>\n");
+        let (training, _) = self.stages_with_metrics();
+        if training.is_empty() {
+            out.push_str("<p class=\"empty\">No stage of this run logged training metrics.</p>\n</section>\n");
+            return Ok(());
+        }
+        out.push_str(
+            "<p class=\"meta\">Training loss per step of every training stage (a line per attempt), the held-out \
+             evaluations as dots. Evals before and after each stage follow below.</p>\n<div class=\"charts\">\n",
+        );
+        let mut flat = Vec::new();
+        for (stage, attempts) in &training {
+            if !self.loss_figure(out, stage, attempts)? {
+                flat.push(stage.as_str());
+            }
+        }
+        out.push_str("</div>\n");
+        if !flat.is_empty() {
+            let _ = writeln!(
+                out,
+                "<p class=\"meta\">No curve for {}: fewer than two logged steps (the values are in the \
+                 training details).</p>",
+                esc(&flat.join(", "))
+            );
+        }
+        out.push_str("</section>\n");
+        Ok(())
+    }
+
+    /// The loss chart of one stage; false when it has no line to draw.
+    fn loss_figure(
+        &self,
+        out: &mut String,
+        stage: &str,
+        attempts: &[(&AttemptDetail, &AttemptMetrics)],
+    ) -> Result<bool, ObserveError> {
+        let sid = slug(stage);
+        let mut series = per_attempt(attempts, "loss", 1.0);
+        let mut by_suite: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
+        for e in self
+            .h
+            .evals
+            .iter()
+            .filter(|e| e.stage == stage && e.metric == "loss")
+        {
+            if let Some(v) = e.value {
+                by_suite
+                    .entry(e.suite.as_str())
+                    .or_default()
+                    .push((e.step as f64, v));
+            }
+        }
+        for (i, (suite, points)) in by_suite.into_iter().enumerate() {
+            series.push(Series::dots(
+                format!("{suite} loss (held-out eval)"),
+                points,
+                palette(attempts.len() + i),
+            ));
+        }
+        let last = attempts
+            .iter()
+            .rev()
+            .find_map(|(_, m)| m.scalars.get("loss").and_then(|c| c.last()));
+        let stride = attempts
+            .iter()
+            .map(|(_, m)| m.scalar_stride)
+            .max()
+            .unwrap_or(1);
+        let mut note = format!("{} attempt(s)", attempts.len());
+        if let Some(&(step, loss)) = last {
+            let _ = write!(note, " · final loss {} at step {step}", num(Some(loss)));
+        }
+        if stride > 1 {
+            let _ = write!(note, " · every {stride}th logged step shown");
+        }
+        self.figure(
+            out,
+            &format!("loss-{sid}"),
+            &format!("{stage}: loss"),
+            "loss (nats/token)",
+            &series,
+            &note,
+        )
+    }
+
+    /// Training details: per training stage every other per-step metric, and the figures logged once.
+    pub(super) fn training(&self, out: &mut String) -> Result<(), ObserveError> {
+        out.push_str("<section id=\"training\">\n<h2>Training details</h2>\n");
+        let (training, _) = self.stages_with_metrics();
+        if training.is_empty() {
             out.push_str("<p class=\"empty\">No stage of this run logged training metrics.</p>\n");
+        }
+        for (stage, attempts) in &training {
+            self.training_stage(out, stage, attempts)?;
         }
         out.push_str("</section>\n");
         Ok(())
@@ -28,30 +188,11 @@ impl Report<'_> {
         attempts: &[(&AttemptDetail, &AttemptMetrics)],
     ) -> Result<(), ObserveError> {
         let sid = slug(stage);
-        let last = attempts
-            .iter()
-            .rev()
-            .find_map(|(_, m)| m.scalars.get("loss").and_then(|c| c.last()));
-        let stride = attempts
-            .iter()
-            .map(|(_, m)| m.scalar_stride)
-            .max()
-            .unwrap_or(1);
-        let _ = write!(
+        let _ = writeln!(
             out,
-            "<h3 id=\"training-{sid}\">{}</h3>\n<p class=\"meta\">{} attempt(s) logged metrics",
-            esc(stage),
-            attempts.len()
+            "<h3 id=\"training-{sid}\">{}</h3>\n<div class=\"charts\">",
+            esc(stage)
         );
-        if let Some(&(step, loss)) = last {
-            let _ = write!(out, "; final loss {} at step {step}", num(Some(loss)));
-        }
-        if stride > 1 {
-            let _ = write!(out, "; curves show every {stride}th logged step");
-        }
-        out.push_str(".</p>\n<div class=\"charts\">\n");
-
-        // Loss: one line per attempt, eval losses of the stage as dots.
         let mut keys: Vec<&str> = Vec::new();
         for (_, m) in attempts {
             for k in ordered_scalar_keys(m) {
@@ -60,99 +201,90 @@ impl Report<'_> {
                 }
             }
         }
-        let per_attempt = |key: &str| -> Vec<Series> {
-            attempts
-                .iter()
-                .enumerate()
-                .filter_map(|(i, (a, m))| {
-                    m.scalars
-                        .get(key)
-                        .map(|c| Series::line(attempt_label(a), curve_points(c), palette(i)))
-                })
-                .collect()
-        };
-        if keys.contains(&"loss") {
-            let mut series = per_attempt("loss");
-            let mut by_suite: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
-            for e in self
-                .h
-                .evals
-                .iter()
-                .filter(|e| e.stage == stage && e.metric == "loss")
-            {
-                if let Some(v) = e.value {
-                    by_suite
-                        .entry(e.suite.as_str())
-                        .or_default()
-                        .push((e.step as f64, v));
-                }
+        // A key charts when it has two steps in one attempt; otherwise it is a number in the table.
+        let (charted, single): (Vec<&str>, Vec<&str>) = keys.into_iter().partition(|k| {
+            attempts.iter().any(|(_, m)| {
+                m.scalars
+                    .get(*k)
+                    .is_some_and(|c| c.len() >= MIN_CHART_POINTS)
+            })
+        });
+        let mut ordered: Vec<&str> = DETAIL_CHARTS
+            .iter()
+            .map(|d| d.0)
+            .filter(|k| charted.contains(k))
+            .collect();
+        ordered.extend(charted.iter().copied().filter(|k| {
+            !DETAIL_CHARTS.iter().any(|d| d.0 == *k) && !matches!(*k, "loss" | "z_loss")
+        }));
+        for key in ordered {
+            if key == "aux_loss" {
+                // Both router terms in one chart.
+                let aux: Vec<Series> = ["aux_loss", "z_loss"]
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(j, k)| {
+                        attempts.iter().enumerate().filter_map(move |(i, (a, m))| {
+                            m.scalars.get(*k).map(|c| {
+                                Series::line(
+                                    format!("{k} · attempt {}", a.attempt.attempt),
+                                    curve_points(c, 1.0),
+                                    palette(i + 3 * j),
+                                )
+                            })
+                        })
+                    })
+                    .collect();
+                self.figure(
+                    out,
+                    &format!("plot-{sid}-aux"),
+                    &format!("{stage}: router auxiliary losses"),
+                    "loss (unitless)",
+                    &aux,
+                    "",
+                )?;
+                continue;
             }
-            for (i, (suite, points)) in by_suite.into_iter().enumerate() {
-                series.push(Series::dots(
-                    format!("{suite} loss (eval)"),
-                    points,
-                    palette(attempts.len() + i),
-                ));
-            }
+            let (title, y, scale) = DETAIL_CHARTS
+                .iter()
+                .find(|d| d.0 == key)
+                .map_or((key, key, 1.0), |d| (d.1, d.2, d.3));
             self.figure(
                 out,
-                &format!("loss-{sid}"),
-                &format!("{stage}: loss"),
-                "loss",
-                &series,
+                &format!("plot-{sid}-{}", slug(key)),
+                &format!("{stage}: {title}"),
+                y,
+                &per_attempt(attempts, key, scale),
+                "",
             )?;
         }
-        let titled = [
-            ("lr", "learning rate"),
-            ("grad_norm", "gradient norm"),
-            ("tokens_per_s", "throughput (tokens/s)"),
-            ("mfu", "model FLOPs utilisation"),
-        ];
-        // Auxiliary losses share one chart.
-        let aux: Vec<Series> = ["aux_loss", "z_loss"]
-            .iter()
-            .filter(|k| keys.contains(k))
-            .enumerate()
-            .flat_map(|(j, k)| {
-                attempts.iter().enumerate().filter_map(move |(i, (a, m))| {
-                    m.scalars.get(*k).map(|c| {
-                        Series::line(
-                            format!("{k} · attempt {}", a.attempt.attempt),
-                            curve_points(c),
-                            palette(i + 3 * j),
-                        )
-                    })
-                })
-            })
-            .collect();
-        for key in keys {
-            match key {
-                "loss" | "z_loss" => {}
-                "aux_loss" => {
-                    self.figure(
-                        out,
-                        &format!("plot-{sid}-aux"),
-                        &format!("{stage}: router auxiliary losses"),
-                        "loss",
-                        &aux,
-                    )?;
-                }
-                _ => {
-                    let title = titled.iter().find(|t| t.0 == key).map_or(key, |t| t.1);
-                    self.figure(
-                        out,
-                        &format!("plot-{sid}-{}", slug(key)),
-                        &format!("{stage}: {title}"),
-                        key,
-                        &per_attempt(key),
-                    )?;
+        out.push_str("</div>\n");
+        if !single.is_empty() {
+            out.push_str(
+                "<table class=\"figures\">\n<thead><tr><th>logged once</th><th>attempt</th><th>step</th><th>value</th></tr></thead>\n<tbody>\n",
+            );
+            for key in single {
+                for (a, m) in attempts {
+                    if let Some(&(step, v)) = m.scalars.get(key).and_then(|c| c.first()) {
+                        row(
+                            out,
+                            &[
+                                format!("<code>{}</code>", esc(key)),
+                                a.attempt.attempt.to_string(),
+                                step.to_string(),
+                                super::data::value_cell(key, v),
+                            ],
+                        );
+                    }
                 }
             }
+            out.push_str("</tbody>\n</table>\n");
         }
-        out.push_str("</div>\n");
         Ok(())
     }
 
+    /// A chart in a `<figure>` with its legend (more than one series) and `note` below it; nothing, and
+    /// false, when the series have no line to draw ([`line_chart`]).
     pub(super) fn figure(
         &self,
         out: &mut String,
@@ -160,11 +292,35 @@ impl Report<'_> {
         title: &str,
         y: &str,
         series: &[Series],
-    ) -> Result<(), ObserveError> {
-        if let Some(svg) = line_chart(title, y, series, CHART)? {
-            let _ = writeln!(out, "<figure id=\"{}\">{svg}</figure>", esc(id));
+        note: &str,
+    ) -> Result<bool, ObserveError> {
+        let Some(svg) = line_chart(title, y, series, CHART)? else {
+            return Ok(false);
+        };
+        let _ = write!(out, "<figure id=\"{}\">{svg}", esc(id));
+        if series.len() > 1 || !note.is_empty() {
+            out.push_str("<figcaption>");
+            if series.len() > 1 {
+                for s in series {
+                    let c = s.color;
+                    let _ = write!(
+                        out,
+                        "<span class=\"key\"><i class=\"{}\" style=\"background:#{:02x}{:02x}{:02x}\"></i>{}</span>",
+                        if s.line { "line" } else { "dot" },
+                        c.0,
+                        c.1,
+                        c.2,
+                        esc(&s.name)
+                    );
+                }
+            }
+            if !note.is_empty() {
+                let _ = write!(out, "<span class=\"note\">{}</span>", esc(note));
+            }
+            out.push_str("</figcaption>");
         }
-        Ok(())
+        out.push_str("</figure>\n");
+        Ok(true)
     }
 
     pub(super) fn moe(&self, out: &mut String) -> Result<(), ObserveError> {
@@ -203,7 +359,7 @@ impl Report<'_> {
                 esc(&stage)
             );
             for (layer, steps) in &load {
-                if let Some(svg) = heatmap(&layer_heatmap(&stage, *layer, steps), 620)? {
+                if let Some(svg) = heatmap(&layer_heatmap(&stage, *layer, steps), CHART.0)? {
                     let _ = writeln!(out, "<figure id=\"heat-{sid}-l{layer}\">{svg}</figure>");
                 }
             }
@@ -230,15 +386,17 @@ impl Report<'_> {
                 out,
                 &format!("plot-{sid}-router-entropy"),
                 &format!("{stage}: router entropy"),
-                "nats",
+                "entropy (nats)",
                 &layered(|m| &m.router_entropy),
+                "",
             )?;
             self.figure(
                 out,
                 &format!("plot-{sid}-dead-experts"),
                 &format!("{stage}: dead experts"),
-                "experts",
+                "experts (count)",
                 &layered(|m| &m.dead_experts),
+                "",
             )?;
             out.push_str("</div>\n");
         }

@@ -2,12 +2,19 @@
 //!
 //! - this file: reading the run and the page's frame;
 //! - [`overview`]: header, failure banner, summary cards, stage table;
-//! - [`charts`]: training curves and the MoE load heatmaps;
+//! - [`charts`]: training curves (the loss of every stage first) and the MoE load heatmaps;
+//! - [`data`]: the figures of data stages, as tables;
 //! - [`tables`]: evals, artifacts, checkpoints, events, the recorded config;
+//!
+//! The page reads in the order a reader asks: did the run work (header, stages), did it learn (loss
+//! curves, evals before and after), then the details (training metrics, experts, data stages,
+//! artifacts, checkpoints, events, config). A metric logged once is a number in a table, never a
+//! chart.
 //! - [`assets`]: the page's CSS and script.
 
 mod assets;
 mod charts;
+mod data;
 mod overview;
 mod tables;
 
@@ -17,7 +24,7 @@ use crate::db::read_pool;
 use crate::error::ObserveError;
 use crate::history::{AttemptMetrics, Curve, RunHistory, ordered_scalar_keys};
 use crate::html::{bytes, count, delta, duration, esc, num, row, short_hash, slug, time_el, utc};
-use crate::plots::{Heatmap, Series, heatmap, line_chart, palette};
+use crate::plots::{Heatmap, MIN_CHART_POINTS, Series, heatmap, line_chart, palette};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use tardbot_ledger::{AttemptDetail, AttemptStatus, Ledger, RunStatus, now_ms};
@@ -41,7 +48,8 @@ pub async fn render_report(ledger: &Ledger, run: &str) -> Result<String, Observe
     .html()
 }
 
-const CHART: (u32, u32) = (620, 300);
+/// Drawn size of a chart: about its width in a three-across grid at 1400 px, so labels keep their size.
+const CHART: (u32, u32) = (460, 280);
 /// How long a running run's heartbeat may be silent before the report calls it stale.
 const STALE_HEARTBEAT_MS: i64 = 60_000;
 
@@ -74,8 +82,8 @@ fn is_lower_better(metric: &str) -> Option<bool> {
     }
 }
 
-fn curve_points(c: &Curve) -> Vec<(f64, f64)> {
-    c.iter().map(|&(s, v)| (s as f64, v)).collect()
+fn curve_points(c: &Curve, scale: f64) -> Vec<(f64, f64)> {
+    c.iter().map(|&(s, v)| (s as f64, v * scale)).collect()
 }
 
 fn attempt_label(a: &AttemptDetail) -> String {
@@ -102,9 +110,11 @@ impl Report<'_> {
         self.header(&mut out);
         self.summary(&mut out);
         self.stages(&mut out);
+        self.learning(&mut out)?;
+        self.evals(&mut out);
         self.training(&mut out)?;
         self.moe(&mut out)?;
-        self.evals(&mut out);
+        self.data(&mut out);
         self.artifacts(&mut out);
         self.checkpoints(&mut out);
         self.events(&mut out);

@@ -33,8 +33,8 @@ impl Report<'_> {
         );
         self.banner(out);
         out.push_str(
-            "<nav><a href=\"#stages\">Stages</a><a href=\"#training\">Training</a><a href=\"#moe\">Experts</a>\
-             <a href=\"#evals\">Evals</a><a href=\"#artifacts\">Artifacts</a><a href=\"#checkpoints\">Checkpoints</a>\
+            "<nav><a href=\"#stages\">Stages</a><a href=\"#learning\">Learning</a><a href=\"#evals\">Evals</a>\
+             <a href=\"#training\">Training details</a><a href=\"#moe\">Experts</a><a href=\"#data\">Data</a><a href=\"#artifacts\">Artifacts</a><a href=\"#checkpoints\">Checkpoints</a>\
              <a href=\"#events\">Events</a><a href=\"#config\">Config</a></nav>\n</header>\n",
         );
     }

@@ -116,7 +116,14 @@ async fn problems_name_the_dashboard_panel_and_query() {
             "rawQueryText": sql, "queryText": sql
         })
     };
-    let panel = |title: &str, sql: &str| serde_json::json!({"type": "timeseries", "title": title, "datasource": ds, "targets": [target(sql)]});
+    let labelled = |title: &str, sql: &str, label: &str, y: i64| {
+        serde_json::json!({
+            "type": "timeseries", "title": title, "datasource": ds, "targets": [target(sql)],
+            "gridPos": {"x": 0, "y": y, "w": 24, "h": 5},
+            "fieldConfig": {"defaults": {"custom": {"axisLabel": label}}}
+        })
+    };
+    let panel = |title: &str, sql: &str| labelled(title, sql, "value (unit)", 0);
     let dashboard = serde_json::json!({
         "uid": "bad", "title": "Bad",
         "panels": [
@@ -129,6 +136,22 @@ async fn problems_name_the_dashboard_panel_and_query() {
     });
     std::fs::write(dir.path().join("json/bad.json"), dashboard.to_string()).unwrap();
     std::fs::write(dir.path().join("json/broken.json"), "{").unwrap();
+    // The report's reading rules: axis labels, the loss first, no single-point series.
+    let rules = serde_json::json!({
+        "uid": "rules", "title": "Rules",
+        "panels": [
+            labelled("Throughput", "SELECT time, stage, tokens_per_s FROM v_throughput ORDER BY time", "", 0),
+            labelled("Loss", "SELECT time, stage, loss FROM v_stage_loss ORDER BY time", "loss (nats/token)", 5),
+            labelled(
+                "One eval",
+                "SELECT time, stage || ' ' || suite AS series, value FROM v_evals \
+                 WHERE run = 'run-1' AND stage = 'sft' AND metric = 'loss' ORDER BY time",
+                "loss (nats/token)",
+                10,
+            ),
+        ]
+    });
+    std::fs::write(dir.path().join("json/rules.json"), rules.to_string()).unwrap();
     let to_ms = tardbot_ledger::now_ms() + 60_000;
     let err = check_dashboards(dir.path(), &f.ledger_path(), to_ms - 86_400_000, to_ms)
         .await
@@ -148,7 +171,19 @@ async fn problems_name_the_dashboard_panel_and_query() {
             "bad.json / Typo / A",
             "bad.json / Unknown variable / A",
             "broken.json",
+            "rules.json / Throughput",
+            "rules.json",
+            "rules.json / One eval / A",
         ],
+        "{err}"
+    );
+    assert!(problems[5].contains("without an axis label"), "{err}");
+    assert!(
+        problems[6].contains("the first time series is \"Throughput\""),
+        "{err}"
+    );
+    assert!(
+        problems[7].contains("single point") && problems[7].contains("sft val"),
         "{err}"
     );
     assert!(problems[0].contains("not unix seconds"), "{err}");

@@ -4,7 +4,11 @@
 //!   50 and 100), resumed from step 100 and trained to 300; sft fails at step 81 with a NaN loss.
 //! - `run-2` (succeeded): ingest, tokenizer and pretrain are cached from run-1, sft trains 150 steps.
 //!
-//! Training attempts log the metrics the training engine logs: `loss`, `aux_loss`, `z_loss`, `grad_norm`,
+//! Data stages log the figures the ingest, tokenizer and tokenize stages log ([`data_metrics`]): per
+//! source, in total, per input file (at the file's ordinal as the step) and single figures; none is a
+//! training curve. [`default_run`] is a third ledger, shaped like the default `run all`.
+//!
+//! Training attempts log the metrics the training engine logs: `loss`, `total_loss`, `aux_loss`, `z_loss`, `grad_norm`,
 //! `lr`, `tokens_per_s`, `mfu` every step and, every 5 steps, `expert_load/L{l}/E{e}` for 2 MoE layers of
 //! 8 experts, `router_entropy/L{l}` and `dead_experts/L{l}` (expert 7 of layer 1 dies during pretraining).
 
@@ -89,6 +93,10 @@ pub async fn train(
         };
         let s = step as u64;
         points.push(p("loss", loss_at(step, loss_start, loss_floor)));
+        points.push(p(
+            "total_loss",
+            loss_at(step, loss_start, loss_floor) + 0.012,
+        ));
         points.push(p("aux_loss", 0.01 + 0.02 * (-(step as f64) / 100.0).exp()));
         points.push(p("z_loss", 0.001 * (1.0 + 0.1 * noise(s * 7))));
         points.push(p(
@@ -126,6 +134,124 @@ pub async fn train(
         }
     }
     ledger.write_metrics(&points).await.expect("write metrics");
+}
+
+/// Sources of the data stages' figures, as the default pipeline names them.
+pub const SOURCES: [&str; 3] = ["jargon", "prose", "tiny_shakespeare"];
+/// Input files ingest logs a row of figures for.
+pub const FILES: i64 = 3;
+
+/// What the data stages log, under the keys they use: ingest per source (`ingest/source/NAME/COUNT`,
+/// 13 counts and 9 filter reasons), in total, per file at the file's ordinal, and four single
+/// figures; the tokenizer and tokenize their single figures (tokenize one shard at step 0, totals at
+/// step 1). 96 keys for ingest, like the default run.
+pub async fn data_metrics(ledger: &Ledger, ingest: i64, tokenizer: i64, tokenize: Option<i64>) {
+    let counts = [
+        "files",
+        "files_skipped",
+        "bytes_in",
+        "docs_in",
+        "records_skipped",
+        "invalid_utf8_repaired",
+        "invalid_utf8_dropped",
+        "empty",
+        "docs_kept",
+        "duplicates",
+        "docs_out",
+        "bytes_out",
+        "docs_val",
+    ];
+    let reasons = [
+        "alpha_words",
+        "dup_5gram",
+        "dup_line_chars",
+        "dup_lines",
+        "mean_word_length",
+        "symbol_ratio",
+        "too_few_words",
+        "too_many_words",
+        "top_2gram",
+    ];
+    let p = |attempt_id: i64, key: String, step: i64, value: f64| MetricPoint {
+        attempt_id,
+        key,
+        step,
+        value,
+    };
+    let mut points = Vec::new();
+    for (i, source) in SOURCES.iter().chain(["total"].iter()).enumerate() {
+        let prefix = if *source == "total" {
+            "ingest/total".to_string()
+        } else {
+            format!("ingest/source/{source}")
+        };
+        for (j, c) in counts.iter().enumerate() {
+            // Some columns are zero for every source, as in a clean sample.
+            let v = if c.starts_with("invalid") || *c == "empty" {
+                0.0
+            } else {
+                ((i + 1) * 100 + j * 7) as f64
+            };
+            points.push(p(ingest, format!("{prefix}/{c}"), 0, v));
+        }
+        for (j, r) in reasons.iter().enumerate() {
+            points.push(p(
+                ingest,
+                format!("{prefix}/filtered/{r}"),
+                0,
+                (j % 3) as f64,
+            ));
+        }
+    }
+    for file in 0..FILES {
+        for (key, v) in [
+            ("ingest/file/docs_in", 200.0 + file as f64),
+            ("ingest/file/docs_kept", 190.0 + file as f64),
+            ("ingest/file/bytes_in", 120_000.0 * (file + 1) as f64),
+            ("ingest/elapsed_s", 0.04 + 0.001 * file as f64),
+        ] {
+            points.push(p(ingest, key.into(), file, v));
+        }
+    }
+    for (key, v) in [
+        ("ingest/seconds", 0.11),
+        ("ingest/mb_per_s", 11.0),
+        ("ingest/shards", 1.0),
+        ("ingest/resumed_files", 0.0),
+    ] {
+        points.push(p(ingest, key.into(), 0, v));
+    }
+    for (key, v) in [
+        ("tokenizer/vocab_size", 4096.0),
+        ("tokenizer/train_split_bytes", 1_039_203.0),
+        ("tokenizer/sampled_bytes", 1_039_203.0),
+        ("tokenizer/train_seconds", 0.37),
+        ("tokenizer/val_bytes_per_token", 3.03),
+        ("tokenizer/val_docs", 25.0),
+    ] {
+        points.push(p(tokenizer, key.into(), 0, v));
+    }
+    if let Some(tokenize) = tokenize {
+        for (key, step, v) in [
+            ("tokenize/shard_tokens", 0, 321_058.0),
+            ("tokenize/shard_pad_pct", 0, 0.25),
+            ("tokenize/shard_crop_pct", 0, 0.0),
+            ("tokenize/train_tokens", 1, 302_937.0),
+            ("tokenize/val_tokens", 1, 17_754.0),
+            ("tokenize/train_bytes_per_token", 1, 3.43),
+            ("tokenize/val_bytes_per_token", 1, 3.03),
+            ("tokenize/pad_pct", 1, 0.25),
+            ("tokenize/crop_pct", 1, 0.0),
+            ("tokenize/val_pad_pct", 1, 2.25),
+            ("tokenize/train_windows", 1, 1187.0),
+        ] {
+            points.push(p(tokenize, key.into(), step, v));
+        }
+    }
+    ledger
+        .write_metrics(&points)
+        .await
+        .expect("write data metrics");
 }
 
 async fn eval(
@@ -297,6 +423,8 @@ impl Fixture {
             serde_json::json!({"stage": "tokenizer"}),
         )
         .await;
+
+        data_metrics(&ledger, ingest.id, tok.id, None).await;
 
         let pre1 = ledger
             .start_attempt(
@@ -570,6 +698,196 @@ impl Fixture {
     pub fn ledger_path(&self) -> PathBuf {
         self.ledger.path().to_path_buf()
     }
+}
+
+/// A ledger with one succeeded run shaped like the default `run all` (pipeline.toml on the bundled
+/// sample): ingest, tokenizer and tokenize logging the figures the real stages log, pretrain for 300
+/// steps with held-out evals at 0, 100, 200 and 300, then sft (40 steps), toolcall and cot (30 each),
+/// each evaluated on held-out loss and six task metrics before and after; pretrain also logs one
+/// figure once (`params`); a checkpoint per stage and the default run's artifacts and events.
+pub async fn default_run() -> (TempDir, Ledger, Run) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = Ledger::open(&dir.path().join("work").join("ledger.db"))
+        .await
+        .expect("open ledger");
+    let targets = [
+        "ingest",
+        "tokenizer",
+        "tokenize",
+        "pretrain",
+        "sft",
+        "toolcall",
+        "cot",
+    ]
+    .map(String::from);
+    let run = ledger
+        .create_run(NewRun {
+            config_toml: CONFIG_TOML,
+            config_hash: &hash(70),
+            config_dir: "/home/tardbot/src",
+            target_stages: &targets,
+        })
+        .await
+        .expect("create run");
+    ledger
+        .claim_run(run.id, "testhost", 77)
+        .await
+        .expect("claim");
+    event(
+        &ledger,
+        run.id,
+        None,
+        "run_started",
+        serde_json::json!({"pid": 77}),
+    )
+    .await;
+    let mut ids = Vec::new();
+    for (i, stage) in targets.iter().enumerate() {
+        let a = ledger
+            .start_attempt(
+                run.id,
+                stage,
+                &hash(80 + i as u64),
+                AttemptStatus::Running,
+                None,
+                None,
+            )
+            .await
+            .expect("attempt");
+        ids.push(a.id);
+        let steps = match stage.as_str() {
+            "pretrain" => 300,
+            "sft" => 40,
+            "toolcall" | "cot" => 30,
+            _ => 0,
+        };
+        if steps > 0 {
+            let start = if i == 3 { 8.3 } else { 7.5 };
+            let evals: Vec<i64> = if i == 3 {
+                vec![0, 100, 200, 300]
+            } else {
+                vec![0, steps / 2, steps]
+            };
+            for &step in &evals {
+                eval(
+                    &ledger,
+                    a.id,
+                    None,
+                    step,
+                    "val",
+                    "loss",
+                    loss_at(step, start, 5.0),
+                )
+                .await;
+                eval(
+                    &ledger,
+                    a.id,
+                    None,
+                    step,
+                    "val",
+                    "bits_per_byte",
+                    3.0 - step as f64 / 300.0,
+                )
+                .await;
+            }
+            train(&ledger, a.id, 1, steps, start, 5.0).await;
+            if i == 3 {
+                // A figure a training stage logs once: a number for a table, not a chart.
+                ledger
+                    .write_metrics(&[MetricPoint {
+                        attempt_id: a.id,
+                        key: "params".into(),
+                        step: 0,
+                        value: 3_279_488.0,
+                    }])
+                    .await
+                    .expect("params");
+            }
+            if i > 3 {
+                for m in 0..6 {
+                    for step in [0, steps] {
+                        let metric = format!("exact_match/task_{m}");
+                        eval(
+                            &ledger,
+                            a.id,
+                            None,
+                            step,
+                            stage,
+                            &metric,
+                            step as f64 / 100.0,
+                        )
+                        .await;
+                    }
+                }
+            }
+            checkpoint(&ledger, &run, a.id, stage, steps / 2).await;
+            event(
+                &ledger,
+                run.id,
+                Some(a.id),
+                "train_start",
+                serde_json::json!({"stage": stage}),
+            )
+            .await;
+        }
+        let outputs: Vec<(String, String)> = match steps {
+            0 => vec![(
+                "shard".into(),
+                format!("runs/run-1/stages/{stage}/out/part-00000"),
+            )],
+            _ => [
+                "model",
+                "model-config",
+                "examples",
+                "examples",
+                "chat-shard",
+                "chat-shard",
+            ]
+            .iter()
+            .take(if i == 3 { 2 } else { 6 })
+            .enumerate()
+            .map(|(k, kind)| {
+                (
+                    kind.to_string(),
+                    format!("runs/run-1/stages/{stage}/out/{kind}-{k}"),
+                )
+            })
+            .collect(),
+        };
+        let hashes: Vec<String> = (0..outputs.len())
+            .map(|k| hash(900 + 10 * i as u64 + k as u64))
+            .collect();
+        let artifacts: Vec<NewArtifact> = outputs
+            .iter()
+            .zip(&hashes)
+            .enumerate()
+            .map(|(k, ((kind, path), h))| NewArtifact {
+                kind,
+                path,
+                hash: h,
+                bytes: 13_000_000 + k as i64,
+            })
+            .collect();
+        ledger
+            .publish_outputs(a.id, &artifacts)
+            .await
+            .expect("publish");
+    }
+    data_metrics(&ledger, ids[0], ids[1], Some(ids[2])).await;
+    ledger
+        .finish_run(run.id, RunStatus::Succeeded)
+        .await
+        .expect("finish run");
+    event(
+        &ledger,
+        run.id,
+        None,
+        "run_ended",
+        serde_json::json!({"status": "succeeded"}),
+    )
+    .await;
+    let run = ledger.run(&run.name).await.expect("run");
+    (dir, ledger, run)
 }
 
 /// Ledgers the SQL tests run against: the fixture's, plus `TARDBOT_TEST_LEDGER` when set (e.g. the

@@ -1,7 +1,7 @@
 //! The HTML run report: contents for failed, cached and never-started runs, and a real render in
 //! headless Chromium to a PNG.
 
-use crate::fixture::{EXPERTS, Fixture, LAYERS, new_run};
+use crate::fixture::{EXPERTS, FILES, Fixture, LAYERS, default_run, extra_ledger, new_run};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -45,19 +45,38 @@ async fn failed_run_report_has_every_part() {
         .expect("render");
 
     assert!(html.starts_with("<!doctype html>"));
-    for id in [
+    // Every part, in the order a reader asks: did it work, did it learn, then the details.
+    let order = [
         "summary",
         "stages",
+        "learning",
+        "evals",
         "training",
         "moe",
-        "evals",
+        "data",
         "artifacts",
         "checkpoints",
         "events",
         "config",
-    ] {
-        assert!(html.contains(&format!("id=\"{id}\"")), "section #{id}");
-    }
+    ];
+    let at: Vec<usize> = order
+        .iter()
+        .map(|id| {
+            html.find(&format!("id=\"{id}\""))
+                .unwrap_or_else(|| panic!("section #{id}"))
+        })
+        .collect();
+    assert!(
+        at.windows(2).all(|w| w[0] < w[1]),
+        "sections out of order: {order:?} at {at:?}"
+    );
+    // The first chart is the first training stage's loss.
+    let first_figure = html.find("<figure").expect("a figure");
+    assert_eq!(
+        html.find("<figure id=\"loss-pretrain\""),
+        Some(first_figure),
+        "the first chart is pretrain's loss"
+    );
     // Failure banner with the resume command; the error text is escaped.
     assert!(html.contains("This run failed."), "failure banner");
     assert!(html.contains("<code>tardbot-pipeline resume run-1</code>"));
@@ -81,20 +100,36 @@ async fn failed_run_report_has_every_part() {
         "inline SVG"
     );
     for (i, color) in ["#1F77B4", "#FF7F0E"].iter().enumerate() {
-        // The curve and its legend line, in the attempt's colour.
+        // The curve in the attempt's colour, and its legend entry (HTML, below the chart).
         let lines = loss
             .matches(&format!(
                 "<polyline fill=\"none\" opacity=\"1\" stroke=\"{color}\""
             ))
             .count();
-        assert_eq!(lines, 2, "attempt {} curve + legend line in {color}", i + 1);
+        assert_eq!(lines, 1, "attempt {} curve in {color}", i + 1);
+        assert!(
+            loss.contains(&format!("background:{}", color.to_ascii_lowercase())),
+            "legend swatch of attempt {}",
+            i + 1
+        );
     }
     assert!(
         loss.contains("attempt 1 (interrupted)")
             && loss.contains("attempt 2 (succeeded), resumed @ 100")
     );
-    assert!(loss.contains("val loss (eval)"));
-    for key in ["lr", "grad-norm", "tokens-per-s", "mfu", "aux"] {
+    assert!(loss.contains("val loss (held-out eval)"));
+    assert!(
+        loss.contains("loss (nats/token)"),
+        "unit in the y-axis title"
+    );
+    for key in [
+        "total-loss",
+        "lr",
+        "grad-norm",
+        "tokens-per-s",
+        "mfu",
+        "aux",
+    ] {
         assert!(
             html.contains(&format!("id=\"plot-pretrain-{key}\"")),
             "pretrain {key} plot"
@@ -125,6 +160,76 @@ async fn failed_run_report_has_every_part() {
     assert!(
         !element(&html, "heat-pretrain-l0", "figure").contains("#081D58"),
         "no dead expert in layer 0"
+    );
+
+    // Data stages: their figures are tables, not charts; one row per source and the total, one per
+    // file, columns that are zero everywhere named once.
+    for figure in html.split("<figure id=\"").skip(1) {
+        let id = figure.split('"').next().unwrap_or("");
+        assert!(
+            !id.contains("ingest") && !id.contains("tokenizer"),
+            "a data stage's figure is drawn as a chart: #{id}"
+        );
+    }
+    let data = element(&html, "data", "section");
+    for (stage, figure, value) in [
+        ("ingest", "mb_per_s", "11.0000"),
+        ("ingest", "shards", "1"),
+        ("tokenizer", "vocab_size", "4,096"),
+        ("tokenizer", "train_seconds", "0.3700 s"),
+    ] {
+        let rows = table_rows(element(data, &format!("data-{stage}"), "table"));
+        assert!(
+            rows.iter()
+                .any(|r| r[0] == format!("<code>{figure}</code>") && r[1] == value),
+            "{stage} {figure} = {value} in {rows:?}"
+        );
+    }
+    let sources = data
+        .split("id=\"data-ingest-sources\"")
+        .nth(1)
+        .expect("per-source table");
+    let rows = table_rows(sources);
+    let names: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "<b>jargon</b>",
+            "<b>prose</b>",
+            "<b>tiny_shakespeare</b>",
+            "<b>total</b>"
+        ]
+    );
+    assert!(
+        sources.contains(
+            "Zero for every source: empty, filtered/alpha_words, filtered/dup_lines, \
+             filtered/too_few_words, invalid_utf8_dropped, invalid_utf8_repaired."
+        ),
+        "zero columns named once"
+    );
+    assert!(
+        !sources
+            .split("</table>")
+            .next()
+            .unwrap_or("")
+            .contains(">empty<")
+    );
+    let files = data
+        .split("id=\"data-ingest-items\"")
+        .nth(1)
+        .expect("per-file table");
+    assert!(files.starts_with(">ingest: per file<"), "{}", &files[..60]);
+    let rows = table_rows(files);
+    assert_eq!(rows.len(), FILES as usize, "a row per file: {rows:?}");
+    assert_eq!(
+        rows[2],
+        [
+            "2",
+            "0.0420 s",
+            "<span title=\"360,000 B\">351.6 KiB</span>",
+            "202",
+            "192"
+        ]
     );
 
     // Evals before/after pretrain: val loss 10.84 before.
@@ -216,6 +321,7 @@ async fn cached_and_pending_runs_render() {
     assert!(
         html.contains("No stage has started.")
             && html.contains("No stage of this run logged training metrics.")
+            && html.contains("No data stage of this run logged figures.")
     );
 
     // A running run with a fresh heartbeat: a snapshot banner naming its stage.
@@ -292,10 +398,10 @@ fn chromium_args(profile: &Path, extra: &[String], url: &str) -> Vec<String> {
         "--hide-scrollbars",
         "--enable-logging=stderr",
         "--v=0",
-        "--window-size=1400,2400",
     ]
     .map(String::from)
     .to_vec();
+    args.push(format!("--window-size={WIDTH},2400"));
     args.push(format!("--user-data-dir={}", profile.display()));
     args.extend_from_slice(extra);
     args.push(url.to_string());
@@ -350,7 +456,11 @@ async fn report_renders_in_headless_chromium() {
     );
     assert!(ok && png.exists(), "chromium --screenshot failed: {stderr}");
     let image = crate::png::decode(&std::fs::read(&png).expect("read png")).expect("png");
-    assert_eq!((image.width, image.height), (1400, 2400), "window size");
+    assert_eq!(
+        (image.width, image.height),
+        (WIDTH as usize, 2400),
+        "window size"
+    );
     let channels = image.channels;
     assert!(channels >= 3, "colour screenshot");
     let pixels = image.pixels.chunks(channels);
@@ -380,4 +490,234 @@ async fn report_renders_in_headless_chromium() {
         "report screenshot: {} ({loss_blue} loss-blue pixels, {non_background} drawn)",
         png.display()
     );
+}
+
+/// Width of the browser window the layout is measured at: a laptop screen.
+const WIDTH: u32 = 1400;
+/// The most a default run's report may be tall at [`WIDTH`] (before the reader-first order it was
+/// 32,763 px, with 161 charts, the first loss curve at 19,626 px).
+const MAX_HEIGHT: f64 = 14_000.0;
+
+/// Measures the laid-out page: its height and, per figure, where it is, its caption, and the points
+/// it draws: the vertices of its data lines (plotters draws data 2 px wide, axes and ticks 1 px) and
+/// its dots, or for a heatmap the columns of cells (the first rect is the background).
+const LAYOUT_SCRIPT: &str = r#"<script>
+(function () {
+  var figs = [].slice.call(document.querySelectorAll("figure"));
+  var out = {
+    height: document.documentElement.scrollHeight,
+    width: document.documentElement.clientWidth,
+    figures: figs.map(function (f) {
+      var svg = f.querySelector("svg"), r = f.getBoundingClientRect();
+      var points = 0, longest = 0, columns = {};
+      [].forEach.call(svg.querySelectorAll("polyline[stroke-width='2']"), function (p) {
+        points += p.points.numberOfItems;
+        longest = Math.max(longest, p.points.numberOfItems);
+      });
+      points += svg.querySelectorAll("circle").length;
+      [].slice.call(svg.querySelectorAll("rect"), 1).forEach(function (c) { columns[c.getAttribute("x")] = 1; });
+      var caption = svg.querySelector("text");
+      return {
+        id: f.id,
+        top: r.top + window.scrollY,
+        left: r.left,
+        title: caption ? caption.textContent.trim() : "",
+        points: points,
+        longest: longest,
+        columns: Object.keys(columns).length
+      };
+    })
+  };
+  var pre = document.createElement("pre");
+  pre.id = "layout";
+  pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+})();
+</script>"#;
+
+#[derive(Debug)]
+struct Figure {
+    id: String,
+    top: f64,
+    left: f64,
+    title: String,
+    points: u64,
+    longest: u64,
+    columns: u64,
+}
+
+struct Layout {
+    height: f64,
+    /// In reading order: top to bottom, then left to right.
+    figures: Vec<Figure>,
+}
+
+/// Lays `html` out in headless Chromium at [`WIDTH`] px and reads back [`LAYOUT_SCRIPT`]'s figures.
+fn layout(html: &str, name: &str) -> Layout {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("observe-report");
+    std::fs::create_dir_all(&dir).expect("out dir");
+    let page = dir.join(format!("{name}-layout.html"));
+    std::fs::write(
+        &page,
+        html.replace("</body>", &format!("{LAYOUT_SCRIPT}</body>")),
+    )
+    .expect("write page");
+    let profile = tempfile::tempdir().expect("profile");
+    let (ok, dom, stderr) = chromium(
+        &chromium_args(
+            profile.path(),
+            &["--dump-dom".into()],
+            &format!("file://{}", page.display()),
+        ),
+        Duration::from_secs(120),
+    );
+    assert!(ok, "chromium --dump-dom failed: {stderr}");
+    let json = dom
+        .split("<pre id=\"layout\">")
+        .nth(1)
+        .and_then(|r| r.split("</pre>").next())
+        .unwrap_or_else(|| panic!("the layout script did not run; stderr:\n{stderr}"))
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&");
+    let v: serde_json::Value = serde_json::from_str(&json).expect("layout JSON");
+    assert_eq!(v["width"].as_f64(), Some(f64::from(WIDTH)), "window width");
+    let mut figures: Vec<Figure> = v["figures"]
+        .as_array()
+        .expect("figures")
+        .iter()
+        .map(|f| Figure {
+            id: f["id"].as_str().unwrap_or("").to_string(),
+            top: f["top"].as_f64().unwrap_or(f64::NAN),
+            left: f["left"].as_f64().unwrap_or(f64::NAN),
+            title: f["title"].as_str().unwrap_or("").to_string(),
+            points: f["points"].as_u64().unwrap_or(0),
+            longest: f["longest"].as_u64().unwrap_or(0),
+            columns: f["columns"].as_u64().unwrap_or(0),
+        })
+        .collect();
+    figures.sort_by(|a, b| a.top.total_cmp(&b.top).then(a.left.total_cmp(&b.left)));
+    Layout {
+        height: v["height"].as_f64().expect("height"),
+        figures,
+    }
+}
+
+/// What a reader sees: the first chart is a loss curve and every loss curve comes before any other
+/// chart; no chart has fewer than two points (a line chart draws a line of two or more, a heatmap two
+/// or more columns).
+fn assert_reads_story_first(l: &Layout, what: &str) {
+    let first = l
+        .figures
+        .first()
+        .unwrap_or_else(|| panic!("{what}: no chart"));
+    assert!(
+        first.id.starts_with("loss-") && first.title.ends_with(": loss"),
+        "{what}: the first chart is {first:?}, not a loss curve"
+    );
+    let last_loss = l
+        .figures
+        .iter()
+        .filter(|f| f.id.starts_with("loss-"))
+        .map(|f| f.top)
+        .fold(f64::NEG_INFINITY, f64::max);
+    if let Some(f) = l
+        .figures
+        .iter()
+        .find(|f| !f.id.starts_with("loss-") && f.top < last_loss)
+    {
+        panic!("{what}: {f:?} is above a loss curve (at {last_loss} px)");
+    }
+    for f in &l.figures {
+        if f.id.starts_with("heat-") {
+            assert!(
+                f.columns >= 2,
+                "{what}: heatmap with {} column(s): {f:?}",
+                f.columns
+            );
+        } else {
+            assert!(
+                f.longest >= 2 && f.points >= 2,
+                "{what}: a chart with fewer than two points: {f:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn default_run_report_reads_story_first_in_chromium() {
+    if !Path::new(CHROMIUM).exists() {
+        eprintln!(
+            "SKIPPED: {CHROMIUM} is not installed (apt-get install -y chromium); the report's layout was not checked"
+        );
+        return;
+    }
+    let (_dir, ledger, run) = default_run().await;
+    let html = render_report(&ledger, &run.name).await.expect("render");
+    let once = element(&html, "training", "section")
+        .split("<table class=\"figures\">")
+        .nth(1)
+        .expect("pretrain's table of figures logged once");
+    assert_eq!(
+        table_rows(once),
+        [["<code>params</code>", "1", "0", "3,279,488"]],
+        "a figure logged once is a number in a table"
+    );
+    let l = layout(&html, "default-run");
+    assert_reads_story_first(&l, "default-run fixture");
+    assert_eq!(
+        l.figures
+            .iter()
+            .filter(|f| f.id.starts_with("loss-"))
+            .count(),
+        4,
+        "a loss curve per training stage"
+    );
+    eprintln!(
+        "default-run fixture: {:.0} px tall at {WIDTH} px, {} charts, {} bytes",
+        l.height,
+        l.figures.len(),
+        html.len()
+    );
+    assert!(
+        l.height < MAX_HEIGHT,
+        "the default run's report is {:.0} px tall at {WIDTH} px (bound {MAX_HEIGHT})",
+        l.height
+    );
+
+    // The failed run too: two attempts, a failed stage, data stages with per-file rows.
+    let f = Fixture::build().await;
+    let html = render_report(&f.ledger, &f.failed.name)
+        .await
+        .expect("render");
+    assert_reads_story_first(&layout(&html, "failed-run"), "failed run");
+
+    // A real run's ledger (e.g. of the default `run all`), when given: its newest run.
+    if let Some(path) = extra_ledger() {
+        let ledger = tardbot_ledger::Ledger::open(&path)
+            .await
+            .expect("open TARDBOT_TEST_LEDGER");
+        let runs = ledger.runs().await.expect("runs");
+        let newest = runs
+            .iter()
+            .max_by_key(|r| r.id)
+            .expect("a run in TARDBOT_TEST_LEDGER");
+        let html = render_report(&ledger, &newest.name).await.expect("render");
+        let l = layout(&html, "extra-ledger");
+        eprintln!(
+            "TARDBOT_TEST_LEDGER {} {}: {:.0} px tall at {WIDTH} px, {} charts, {} bytes",
+            path.display(),
+            newest.name,
+            l.height,
+            l.figures.len(),
+            html.len()
+        );
+        assert_reads_story_first(&l, &newest.name);
+        assert!(
+            l.height < MAX_HEIGHT,
+            "{}: {:.0} px tall at {WIDTH} px (bound {MAX_HEIGHT})",
+            newest.name,
+            l.height
+        );
+    }
 }

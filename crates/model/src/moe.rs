@@ -162,11 +162,7 @@ impl Moe {
                         if let Some(&next) = routed.get(i + 1) {
                             store.prefetch(*layer, next)?;
                         }
-                        rows_in.apply_op1(StoredExpert {
-                            store: store.clone(),
-                            layer: *layer,
-                            expert: ex,
-                        })?
+                        rows_in.apply_op1(StoredExpert::new(store.clone(), *layer, ex))?
                     }
                 }
             };

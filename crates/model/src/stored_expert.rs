@@ -2,30 +2,33 @@
 //! custom op over the expert's input rows, so that the rest of the model's graph (router, attention,
 //! dense blocks) is unchanged and only the expert computation is swapped.
 //!
-//! - Forward: check the region out, copy its three weight matrices into tensors, run the same
-//!   [`SwiGlu`] as a resident expert, release the region. The graph keeps only the input rows, not the
-//!   weights.
-//! - Backward (the recomputing backward): check the region out again, rebuild the weights as
-//!   variables, recompute the expert's forward on the saved input rows and back-propagate the incoming
-//!   gradient through it (`(y · grad).sum()`). The weight gradients are added to the region's gradient
-//!   accumulators; the input gradient returns to the graph. Release the region.
+//! - Forward: check the region out, copy its three weight matrices into tensors, run the resident
+//!   expert's kernels (`gate`, `up`, SwiGLU, `down`), release the region. The op keeps the expert's
+//!   activations `gate(x)` and `up(x)` (activations, not weights: what a resident expert's graph keeps
+//!   too), so the backward does not recompute the forward.
+//! - Backward: check the region out again and run the same kernels' backwards on the kept activations
+//!   (`silu(g)·u` is recomputed, one element-wise pass). The weight gradients are added to the region's
+//!   gradient accumulators; the input gradient returns to the graph. Release the region.
 //!
-//! Using the resident expert's own ops both ways makes the swapped path compute the same floats as the
-//! all-resident path, in the same order: the two agree bit for bit (tested in the trainer).
+//! Using the resident expert's own kernels both ways makes the swapped path compute the same floats as
+//! the all-resident path, in the same order: the two agree bit for bit (tested in the trainer). Under
+//! activation checkpointing the block's forward runs twice (once without keeping its graph), as for a
+//! resident expert.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor, Var};
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
 
-use crate::expert_store::{ExpertRegion, ExpertStore, StoreError};
-use crate::mlp::SwiGlu;
-use crate::ops::Linear;
+use crate::expert_store::{ExpertRegion, ExpertStore, Part, StoreError};
+use crate::kernels;
 
 /// The custom op of one (MoE layer, expert) of a store.
 pub struct StoredExpert {
     pub store: Arc<ExpertStore>,
     pub layer: usize,
     pub expert: usize,
+    /// `gate(x)` and `up(x)` of the forward, taken by the backward.
+    saved: Mutex<Option<(Tensor, Tensor)>>,
 }
 
 fn candle_err(e: impl std::fmt::Display) -> candle_core::Error {
@@ -33,37 +36,34 @@ fn candle_err(e: impl std::fmt::Display) -> candle_core::Error {
 }
 
 impl StoredExpert {
+    pub fn new(store: Arc<ExpertStore>, layer: usize, expert: usize) -> StoredExpert {
+        StoredExpert {
+            store,
+            layer,
+            expert,
+            saved: Mutex::new(None),
+        }
+    }
+
     fn check_out(&self) -> candle_core::Result<ExpertRegion<'_>> {
         self.store
             .region(self.layer, self.expert)
             .map_err(|e: StoreError| candle_err(e))
     }
 
-    /// The expert's weights, copied out of the region: as plain tensors, or as variables for the
-    /// backward.
+    /// The expert's weights, copied out of the region.
     fn weights(region: &ExpertRegion) -> candle_core::Result<Vec<Tensor>> {
         let specs = &region.layout().tensors;
         (0..specs.len())
             .map(|t| Tensor::from_slice(region.weights(t), specs[t].shape.as_slice(), &Device::Cpu))
             .collect()
     }
-
-    fn weight_vars(region: &ExpertRegion) -> candle_core::Result<Vec<Var>> {
-        let specs = &region.layout().tensors;
-        (0..specs.len())
-            .map(|t| Var::from_slice(region.weights(t), specs[t].shape.as_slice(), &Device::Cpu))
-            .collect()
-    }
 }
 
 /// The store's tensor order is `gate`, `up`, `down` ([`crate::expert_store::StoreLayout::from_config`]).
-fn swiglu(w: &[Tensor]) -> SwiGlu {
-    SwiGlu {
-        gate: Linear::new(w[0].clone()),
-        up: Linear::new(w[1].clone()),
-        down: Linear::new(w[2].clone()),
-    }
-}
+const GATE: usize = 0;
+const UP: usize = 1;
+const DOWN: usize = 2;
 
 impl CustomOp1 for StoredExpert {
     fn name(&self) -> &'static str {
@@ -80,10 +80,15 @@ impl CustomOp1 for StoredExpert {
         };
         let x = Tensor::from_slice(&data[a..b], layout.shape(), &Device::Cpu)?;
         let region = self.check_out()?;
+        region.populate(Part::Weights, 1, false);
         let w = Self::weights(&region)?;
-        let y = swiglu(&w).forward(&x).map_err(candle_err)?;
+        // SwiGlu::forward's kernels, with its activations kept.
+        let g = kernels::linear(&x, &w[GATE])?;
+        let u = kernels::linear(&x, &w[UP])?;
+        let y = kernels::linear(&kernels::swiglu(&g, &u)?, &w[DOWN])?;
         drop(w);
         drop(region);
+        *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some((g, u));
         let shape = y.shape().clone();
         let out = y.flatten_all()?.to_vec1::<f32>()?;
         Ok((CpuStorage::F32(out), shape))
@@ -98,27 +103,35 @@ impl CustomOp1 for StoredExpert {
         if arg.dtype() != DType::F32 {
             candle_core::bail!("stored-expert trains in f32, got {:?}", arg.dtype())
         }
+        let (g, u) = self
+            .saved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .ok_or_else(|| candle_err("stored-expert: backward without a forward"))?;
         let mut region = self.check_out()?;
-        let vars = Self::weight_vars(&region)?;
-        let w: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
-        // A fresh graph rooted at the saved input rows: the nested backward stops there.
-        let x = Var::from_tensor(&arg.detach())?;
-        let y = swiglu(&w).forward(x.as_tensor()).map_err(candle_err)?;
-        let grads = (y * grad.detach())?.sum_all()?.backward()?;
-        for (t, v) in vars.iter().enumerate() {
-            let g = grads
-                .get(v.as_tensor())
-                .ok_or_else(|| candle_err("stored-expert: no gradient reached a weight"))?
-                .flatten_all()?
-                .to_vec1::<f32>()?;
-            region.add_grads(t, &g).map_err(candle_err)?;
+        region.populate(Part::Weights, 1, false);
+        region.populate(Part::Grads, 1, true);
+        let w = Self::weights(&region)?;
+        let x = arg.detach();
+        let grad = grad.detach();
+        let h = kernels::swiglu(&g, &u)?;
+        let (dh, d_down) = kernels::linear_backward(&h, &w[DOWN], &grad)?;
+        drop(h);
+        let (dg, du) = kernels::swiglu_backward(&g, &u, &dh)?;
+        drop((g, u, dh));
+        let (dx_gate, d_gate) = kernels::linear_backward(&x, &w[GATE], &dg)?;
+        let (dx_up, d_up) = kernels::linear_backward(&x, &w[UP], &du)?;
+        drop(w);
+        for (t, d) in [(GATE, d_gate), (UP, d_up), (DOWN, d_down)] {
+            region
+                .add_grads(t, &d.flatten_all()?.to_vec1::<f32>()?)
+                .map_err(candle_err)?;
         }
-        drop((vars, w));
         drop(region);
-        let gx = grads
-            .get(x.as_tensor())
-            .ok_or_else(|| candle_err("stored-expert: no gradient reached the input"))?
-            .clone();
+        // Two contributions to the input's gradient; IEEE addition is commutative, so this is the
+        // graph's sum whichever it adds first.
+        let gx = (dx_gate + dx_up)?;
         Ok(Some(gx))
     }
 }

@@ -15,7 +15,7 @@ use rayon::prelude::*;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use tardbot_model::expert_store::{ExpertStore, StoreError, StoreLayout};
+use tardbot_model::expert_store::{ExpertStore, Part, StoreError, StoreLayout, sum_squares};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OptimError {
@@ -135,12 +135,12 @@ impl AdamW {
             }
         }
         if let Some(store) = store {
+            // Computed by the store as the gradients were accumulated: no region is checked out.
             let specs = store.layout().tensors.clone();
             for (layer, expert) in store.regions_with_grads() {
-                let region = store.region(layer, expert)?;
-                for (t, spec) in specs.iter().enumerate() {
-                    let name = StoreLayout::param_name(layer, expert, &spec.name);
-                    sums.push((name, sum_squares(region.grads(t))));
+                let ss = store.grad_sum_squares(layer, expert)?.unwrap_or_default();
+                for (spec, s) in specs.iter().zip(ss) {
+                    sums.push((StoreLayout::param_name(layer, expert, &spec.name), s));
                 }
             }
         }
@@ -202,6 +202,7 @@ impl AdamW {
                     store.prefetch(l, e)?;
                 }
                 let mut region = store.region(layer, expert)?;
+                region.populate(Part::Weights, 4, true);
                 for (t, spec) in specs.iter().enumerate() {
                     let name = StoreLayout::param_name(layer, expert, &spec.name);
                     let hyper = self.hyper(lr, (self.decay)(&name), scale);
@@ -313,16 +314,6 @@ impl AdamW {
         self.t = t;
         Ok(())
     }
-}
-
-/// Sum of squares in f64, in fixed chunks whose partial sums are added in order: the same value
-/// whatever the thread count (exact resume relies on it).
-fn sum_squares(data: &[f32]) -> f64 {
-    let partial: Vec<f64> = data
-        .par_chunks(CHUNK)
-        .map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
-        .collect();
-    partial.iter().sum()
 }
 
 /// The constants of one parameter's AdamW update.

@@ -312,6 +312,7 @@ impl ExpertStore {
                 checked_out: vec![false; n],
                 modified: vec![false; n],
                 has_grads: vec![false; n],
+                grad_sum_squares: vec![vec![0.0; header.layout.tensors.len()]; n],
                 resident: 0,
                 peak_resident: 0,
                 max_resident: n,

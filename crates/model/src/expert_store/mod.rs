@@ -52,12 +52,28 @@ pub use format::{ALIGN, MAGIC, Part, StoreLayout, TensorSpec, VERSION};
 use format::{ENTRY, Entry, FLAG_MODIFIED, Header};
 pub use region::{ExpertRegion, TensorState};
 
+/// The sum of squares of `data` in f64: per chunk of 2¹⁶ values in parallel, the chunks' sums added
+/// in order (the same value whatever the thread count; exact resume relies on it). The one
+/// definition the gradient norm uses for every parameter, resident or stored.
+pub fn sum_squares(data: &[f32]) -> f64 {
+    use rayon::prelude::*;
+    let partial: Vec<f64> = data
+        .par_chunks(1 << 16)
+        .map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
+        .collect();
+    partial.iter().sum()
+}
+
 struct State {
     checked_out: Vec<bool>,
     modified: Vec<bool>,
     /// Gradients were accumulated since the last [`ExpertRegion::zero_grads`] (in memory only: the
     /// trainer zeroes every such region in the step that accumulated them).
     has_grads: Vec<bool>,
+    /// Per region and tensor, the sum of squares of the gradient accumulator, computed by
+    /// [`ExpertRegion::add_grads`] right after each addition (the slice is in cache then), so that the
+    /// gradient norm needs no second pass over the region.
+    grad_sum_squares: Vec<Vec<f64>>,
     resident: usize,
     peak_resident: usize,
     max_resident: usize,
@@ -189,6 +205,14 @@ impl ExpertStore {
             .filter(|&r| st.has_grads[r])
             .map(|r| self.coords(r))
             .collect()
+    }
+
+    /// The sum of squares of each tensor's accumulated gradient of (layer, expert), in tensor order;
+    /// `None` for a region without gradients. Equal to [`sum_squares`] over the accumulators.
+    pub fn grad_sum_squares(&self, layer: usize, expert: usize) -> Result<Option<Vec<f64>>> {
+        let r = self.index(layer, expert)?;
+        let st = self.lock();
+        Ok(st.has_grads[r].then(|| st.grad_sum_squares[r].clone()))
     }
 
     /// Asks the kernel to read (layer, expert) into the page cache in the background
@@ -388,6 +412,25 @@ impl ExpertStore {
         #[cfg(not(unix))]
         let _ = r;
         Ok(())
+    }
+
+    /// Maps parts `first..first + n` of region `r` into this process in one call
+    /// (`MADV_POPULATE_READ` / `_WRITE`, Linux 5.14+) instead of one page fault per 4 KiB page as
+    /// the kernels touch them. Best effort: where the kernel lacks it, the pages fault in as before.
+    fn populate(&self, r: usize, first: Part, n: usize, write: bool) {
+        #[cfg(target_os = "linux")]
+        {
+            let part_bytes = 4 * self.header.layout.expert_elems();
+            let off = self.region_offset(r) + first as usize * part_bytes;
+            let advice = if write {
+                memmap2::Advice::PopulateWrite
+            } else {
+                memmap2::Advice::PopulateRead
+            };
+            let _ = self.map.advise_range(advice, off, n * part_bytes);
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = (r, first, n, write);
     }
 
     /// Starts write-back of a modified region, then drops its pages from the resident set.

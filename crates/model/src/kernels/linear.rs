@@ -159,6 +159,16 @@ impl CustomOp2 for LinearOp {
     }
 }
 
+/// The backward of [`linear`] outside a graph: `(dx, dW)` for the output gradient `g` (the same
+/// floats the graph's backward computes).
+pub fn linear_backward(x: &Tensor, w: &Tensor, g: &Tensor) -> R<(Tensor, Tensor)> {
+    let y = Tensor::zeros(0, x.dtype(), x.device())?;
+    match LinearOp.bwd(&x.contiguous()?, &w.contiguous()?, &y, &g.contiguous()?)? {
+        (Some(dx), Some(dw)) => Ok((dx, dw)),
+        _ => bail!("linear backward returned no gradient"),
+    }
+}
+
 /// `x · Wᵀ` over the last dimension of `x` (any leading dimensions) with `w` (out, in), differentiable
 /// in both; CPU, f32/f64.
 pub fn linear(x: &Tensor, w: &Tensor) -> R<Tensor> {

@@ -39,11 +39,11 @@ mod swiglu;
 
 pub use attention::{AttnDims, VisibleBlock, attention};
 pub use cross_entropy::cross_entropy_rows;
-pub use linear::linear;
+pub use linear::{linear, linear_backward};
 pub use rmsnorm::rms_norm;
 pub use rope::rope;
 pub use softmax::masked_softmax;
-pub use swiglu::swiglu;
+pub use swiglu::{swiglu, swiglu_backward};
 
 /// Whether the kernels handle `t` (CPU, f32 or f64).
 pub fn cpu_float(t: &Tensor) -> bool {

@@ -91,6 +91,16 @@ impl CustomOp2 for SwiGluAct {
     }
 }
 
+/// The backward of [`swiglu`] outside a graph: `(dg, du)` for the output gradient `dy` (the same floats
+/// the graph's backward computes).
+pub fn swiglu_backward(g: &Tensor, u: &Tensor, dy: &Tensor) -> R<(Tensor, Tensor)> {
+    let y = Tensor::zeros(0, g.dtype(), g.device())?;
+    match SwiGluAct.bwd(&g.contiguous()?, &u.contiguous()?, &y, &dy.contiguous()?)? {
+        (Some(dg), Some(du)) => Ok((dg, du)),
+        _ => bail!("swiglu backward returned no gradient"),
+    }
+}
+
 /// `silu(g) · u`, differentiable in both.
 pub fn swiglu(g: &Tensor, u: &Tensor) -> R<Tensor> {
     g.contiguous()?.apply_op2(&u.contiguous()?, SwiGluAct)

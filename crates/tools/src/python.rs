@@ -1,0 +1,1 @@
+//! Python in a sandboxed child process (being written).

@@ -1,0 +1,220 @@
+//! The tool-calling loop: generate, execute the calls, feed the results back, generate again.
+//!
+//! One user turn becomes: assistant turn → (its calls executed in order, each result appended as a
+//! tool-result turn) → assistant turn → … until an assistant turn has no call. Results are JSON
+//! strings; an error result is `{"error": "..."}`. Caps (per user turn): at most
+//! [`LoopConfig::max_calls`] executed calls (later calls get an error result and the model one last
+//! turn to answer), results longer than [`LoopConfig::max_result_bytes`] are cut and marked, and a
+//! call that runs past [`LoopConfig::call_timeout`] is answered with a timeout error (the tool's
+//! thread is left to finish on its own; tools bound their own run time).
+
+use crate::registry::ToolRegistry;
+use serde_json::{Value, json};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+use tardbot_tokens::chat::{Conversation, Message, Role};
+use tardbot_toolcall::{ParsedCall, parse_tool_calls, validate_call};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Writes the assistant's next turn for a conversation: its text with the special tokens written out
+/// (`<|think|>…<|/think|>`, `<|tool_call|>{…}<|/tool_call|>`), without the closing `<|end|>`.
+pub trait Assistant {
+    fn next_turn(&mut self, conv: &Conversation) -> Result<String, BoxError>;
+}
+
+/// The loop's limits.
+#[derive(Clone, Debug)]
+pub struct LoopConfig {
+    /// Calls executed per user turn.
+    pub max_calls: usize,
+    /// A result longer than this (bytes of its JSON) is cut at a character boundary and marked.
+    pub max_result_bytes: usize,
+    /// Wall-clock limit of one call.
+    pub call_timeout: Duration,
+}
+
+impl Default for LoopConfig {
+    fn default() -> Self {
+        LoopConfig {
+            max_calls: 6,
+            max_result_bytes: 4096,
+            call_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What happened, in order, for display (`chat --tools` prints these).
+#[derive(Clone, Debug, PartialEq)]
+pub enum LoopEvent {
+    /// An assistant turn as generated.
+    Turn(String),
+    /// A call about to run (as parsed).
+    Call { name: String, arguments: Value },
+    /// What the model is given back for it.
+    Result {
+        name: String,
+        result: String,
+        error: bool,
+    },
+}
+
+/// How a user turn ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TurnOutcome {
+    /// An assistant turn without calls: the answer.
+    Answered(String),
+    /// The call cap was reached and the model still called tools in its last turn.
+    CallCapReached,
+}
+
+/// Runs the loop for the conversation's last (user or tool) turn; appends every assistant and
+/// tool-result turn to `conv`.
+pub fn run_turn(
+    assistant: &mut dyn Assistant,
+    tools: &ToolRegistry,
+    conv: &mut Conversation,
+    cfg: &LoopConfig,
+    on_event: &mut dyn FnMut(&LoopEvent),
+) -> Result<TurnOutcome, BoxError> {
+    let specs = tools.specs();
+    let mut executed = 0;
+    let mut capped = false;
+    loop {
+        let text = assistant.next_turn(conv)?;
+        on_event(&LoopEvent::Turn(text.clone()));
+        let (content, calls) = split_turn(&text);
+        let calls = match calls {
+            Ok(c) => c,
+            Err(e) => {
+                // A malformed call: the turn is kept as text and the model is told what was wrong.
+                conv.messages
+                    .push(Message::new(Role::Assistant, text.clone()));
+                let result = error_result(&format!("malformed tool call: {e}"));
+                on_event(&LoopEvent::Result {
+                    name: String::new(),
+                    result: result.clone(),
+                    error: true,
+                });
+                conv.messages.push(Message::new(Role::Tool, result));
+                if capped {
+                    return Ok(TurnOutcome::CallCapReached);
+                }
+                executed += 1;
+                capped = executed >= cfg.max_calls;
+                continue;
+            }
+        };
+        if calls.is_empty() {
+            conv.messages
+                .push(Message::new(Role::Assistant, content.clone()));
+            return Ok(TurnOutcome::Answered(content));
+        }
+        let mut msg = Message::new(Role::Assistant, content);
+        msg.tool_calls = calls.iter().map(ParsedCall::to_tool_call).collect();
+        conv.messages.push(msg);
+        if capped {
+            return Ok(TurnOutcome::CallCapReached);
+        }
+        for call in &calls {
+            on_event(&LoopEvent::Call {
+                name: call.name.clone(),
+                arguments: Value::Object(call.arguments.clone()),
+            });
+            let (result, error) = if executed >= cfg.max_calls {
+                capped = true;
+                (
+                    error_result(&format!(
+                        "not run: this turn already made {} tool calls (the limit); answer with what you have",
+                        cfg.max_calls
+                    )),
+                    true,
+                )
+            } else {
+                executed += 1;
+                match execute(tools, &specs, call, cfg) {
+                    Ok(v) => (truncate(&v.to_string(), cfg.max_result_bytes), false),
+                    Err(e) => (error_result(&e), true),
+                }
+            };
+            on_event(&LoopEvent::Result {
+                name: call.name.clone(),
+                result: result.clone(),
+                error,
+            });
+            conv.messages.push(Message::new(Role::Tool, result));
+        }
+        capped |= executed >= cfg.max_calls;
+    }
+}
+
+/// The turn's text before its first call (trimmed of the think block, which stays in the text of
+/// the turn the model wrote) and its parsed calls.
+fn split_turn(text: &str) -> (String, Result<Vec<ParsedCall>, String>) {
+    let open = tardbot_tokens::special_tokens::Special::ToolCallOpen.text();
+    let content = match text.find(open) {
+        Some(i) => text[..i].to_string(),
+        None => text.to_string(),
+    };
+    (content, parse_tool_calls(text).map_err(|e| e.to_string()))
+}
+
+/// Validates and runs one call under the wall-clock limit.
+fn execute(
+    tools: &ToolRegistry,
+    specs: &[tardbot_toolcall::ToolSpec],
+    call: &ParsedCall,
+    cfg: &LoopConfig,
+) -> Result<Value, String> {
+    let Some(tool) = tools.get(&call.name) else {
+        return Err(format!(
+            "unknown tool `{}`; the tools are: {}",
+            call.name,
+            tools.names().join(", ")
+        ));
+    };
+    if let Err(violations) = validate_call(call, specs) {
+        let v: Vec<String> = violations.iter().map(|v| v.to_string()).collect();
+        return Err(format!("invalid arguments: {}", v.join("; ")));
+    }
+    let tool = tool.clone();
+    let args = call.arguments.clone();
+    let (tx, rx) = mpsc::channel();
+    let started = Instant::now();
+    std::thread::Builder::new()
+        .name(format!("tool-{}", call.name))
+        .spawn(move || {
+            let _ = tx.send(tool.call(&args));
+        })
+        .map_err(|e| format!("could not start the tool: {e}"))?;
+    match rx.recv_timeout(cfg.call_timeout) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(mpsc::RecvTimeoutError::Timeout) => Err(format!(
+            "timed out after {:.1} s",
+            started.elapsed().as_secs_f64()
+        )),
+        Err(mpsc::RecvTimeoutError::Disconnected) => Err("the tool crashed".to_string()),
+    }
+}
+
+fn error_result(message: &str) -> String {
+    json!({ "error": message }).to_string()
+}
+
+/// `s` cut to at most `max` bytes at a character boundary, with a marker saying how much was cut.
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "{}…[truncated: {} of {} bytes shown]",
+        &s[..end],
+        end,
+        s.len()
+    )
+}

@@ -8,10 +8,12 @@
 //!   call. Every failure (malformed call, unknown tool, invalid arguments, a tool's error, a timeout,
 //!   the per-turn call cap) comes back to the model as an error result: a session never dies of a tool.
 //! - [`python`]: Python in a sandboxed child process (never in ours).
+//! - [`local`]: the toolcall stage's calculator, unit converter and element lookup.
 //!
 //! This crate does not generate text: the loop takes an [`tool_loop::Assistant`] (the pipeline wraps
 //! a trained model in one; tests script one), so it has no model or tokenizer dependency.
 
+pub mod local;
 pub mod python;
 pub mod registry;
 pub mod tool;

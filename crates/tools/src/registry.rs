@@ -4,6 +4,9 @@ use crate::tool::Tool;
 use std::sync::Arc;
 use tardbot_toolcall::ToolSpec;
 
+/// Names [`ToolRegistry::builtin`] knows.
+pub const BUILTIN: &[&str] = &["calculator", "convert_units", "element_lookup"];
+
 /// Tools by name, in the order they are offered to the model.
 #[derive(Clone, Default)]
 pub struct ToolRegistry {
@@ -38,5 +41,24 @@ impl ToolRegistry {
 
     pub fn is_empty(&self) -> bool {
         self.tools.is_empty()
+    }
+
+    /// The built-in tools of these names (`calculator`, `convert_units`, `element_lookup`); an
+    /// unknown name is an error listing the known ones.
+    pub fn builtin(names: &[&str]) -> Result<ToolRegistry, String> {
+        let mut r = ToolRegistry::new();
+        for &name in names {
+            let tool: Arc<dyn Tool> = match tardbot_toolcall::tools::LocalTool::by_name(name) {
+                Some(t) => Arc::new(crate::local::Local(t)),
+                None => {
+                    return Err(format!(
+                        "unknown tool `{name}`; built-in tools: {}",
+                        BUILTIN.join(", ")
+                    ));
+                }
+            };
+            r = r.with(tool);
+        }
+        Ok(r)
     }
 }

@@ -123,6 +123,15 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Run one built-in tool directly and print its JSON result (exit 0), or its error (exit 1): a
+    /// check of a machine's tool setup.
+    Tool {
+        /// `calculator`, `convert_units`, `element_lookup`, …
+        name: String,
+        /// The call's arguments, a JSON object.
+        #[arg(long, default_value = "{}")]
+        args: String,
+    },
     /// Run a benchmark; prints a table, then one JSON line of figures.
     Bench {
         #[command(subcommand)]
@@ -150,11 +159,21 @@ pub struct GenerateArgs {
     /// A system turn before the conversation.
     #[arg(long)]
     pub system: Option<String>,
+    /// Tools the model may call, comma-separated (e.g. `calculator,python`): offered in the system
+    /// turn; each call is executed and its result fed back before the model continues.
+    #[arg(long, value_delimiter = ',')]
+    pub tools: Vec<String>,
 }
 
 impl GenerateArgs {
-    fn options(&self) -> inference::GenerateOptions {
-        inference::GenerateOptions {
+    fn options(&self) -> anyhow::Result<inference::GenerateOptions> {
+        let tools = if self.tools.is_empty() {
+            None
+        } else {
+            let names: Vec<&str> = self.tools.iter().map(String::as_str).collect();
+            Some(tardbot_tools::ToolRegistry::builtin(&names).map_err(anyhow::Error::msg)?)
+        };
+        Ok(inference::GenerateOptions {
             max_new_tokens: self.max_new_tokens,
             sampling: tardbot_model::SamplingParams {
                 temperature: self.temperature,
@@ -163,7 +182,8 @@ impl GenerateArgs {
                 seed: self.seed,
             },
             system: self.system.clone(),
-        }
+            tools,
+        })
     }
 }
 
@@ -457,7 +477,7 @@ async fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<u8> {
             let (ledger, run) = inference::open_run(&ws, &run).await?;
             let m =
                 inference::load_run_model(&registry, &ledger, &run, opts.stage.as_deref()).await?;
-            inference::generate(&m, &prompt, &opts.options())?;
+            inference::generate(&m, &prompt, &opts.options()?)?;
             Ok(0)
         }
         Command::Chat { run, opts } => {
@@ -468,9 +488,10 @@ async fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<u8> {
             let (ledger, run) = inference::open_run(&ws, &run).await?;
             let m =
                 inference::load_run_model(&registry, &ledger, &run, opts.stage.as_deref()).await?;
-            inference::chat(&m, &opts.options())?;
+            inference::chat(&m, &opts.options()?)?;
             Ok(0)
         }
+        Command::Tool { name, args } => Ok(crate::tools::run_one(&name, &args)),
         Command::Export {
             run,
             stage,

@@ -10,6 +10,8 @@ use tardbot_finetune::{ChatExample, ChatModel, ChatTask, generate_answers, read_
 use tardbot_ledger::{AttemptStatus, Eval, Ledger, Run};
 use tardbot_model::SamplingParams;
 use tardbot_tokens::chat::{Conversation, Message, Role};
+use tardbot_tools::tool_loop::BoxError;
+use tardbot_tools::{Assistant, LoopConfig, LoopEvent, ToolRegistry, TurnOutcome, run_turn};
 
 /// A run's model: which stage produced it, the attempt that trained it, and the loaded model.
 pub struct RunModel {
@@ -139,27 +141,88 @@ pub struct GenerateOptions {
     pub max_new_tokens: usize,
     pub sampling: SamplingParams,
     pub system: Option<String>,
+    /// Tools the model may call: offered in the system turn, its calls executed by the tool loop.
+    pub tools: Option<ToolRegistry>,
 }
 
-/// One prompt (a user turn), the answer streamed to stdout.
-pub fn generate(m: &RunModel, prompt: &str, o: &GenerateOptions) -> anyhow::Result<()> {
-    let mut messages = Vec::new();
-    if let Some(s) = &o.system {
-        messages.push(Message::new(Role::System, s.clone()));
+impl GenerateOptions {
+    /// The system turn: `--system`, then the tools on offer as the toolcall stage trained them
+    /// (separated by a blank line, as the exported chat template writes them).
+    fn system_message(&self) -> Option<Message> {
+        let tools = self
+            .tools
+            .as_ref()
+            .map(|t| tardbot_toolcall::tools_system_prompt(&t.specs()));
+        let text = match (&self.system, tools) {
+            (Some(s), Some(t)) if !s.is_empty() => format!("{s}\n\n{t}"),
+            (_, Some(t)) => t,
+            (Some(s), None) => s.clone(),
+            (None, None) => return None,
+        };
+        Some(Message::new(Role::System, text))
     }
-    messages.push(Message::new(Role::User, prompt));
-    stream_answer(m, &Conversation { messages }, o)?;
+}
+
+/// One prompt (a user turn), the answer streamed to stdout; with tools, their calls run in the loop.
+pub fn generate(m: &RunModel, prompt: &str, o: &GenerateOptions) -> anyhow::Result<()> {
+    let mut conv = Conversation {
+        messages: o.system_message().into_iter().collect(),
+    };
+    conv.messages.push(Message::new(Role::User, prompt));
+    answer_turn(m, &mut conv, o)?;
     Ok(())
+}
+
+/// Generates the assistant's answer to the conversation's last turn and appends it (with tools: every
+/// call, result and assistant turn of the loop).
+fn answer_turn(m: &RunModel, conv: &mut Conversation, o: &GenerateOptions) -> anyhow::Result<()> {
+    let Some(tools) = &o.tools else {
+        let answer = stream_answer(m, conv, o)?;
+        conv.messages.push(Message::new(Role::Assistant, answer));
+        return Ok(());
+    };
+    let mut assistant = StreamingAssistant { m, o };
+    let outcome = run_turn(
+        &mut assistant,
+        tools,
+        conv,
+        &LoopConfig::default(),
+        &mut |e| {
+            if let LoopEvent::Result {
+                name,
+                result,
+                error,
+            } = e
+            {
+                let tag = if *error { "tool error" } else { "tool" };
+                println!("[{tag} {name}] {result}");
+            }
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if outcome == TurnOutcome::CallCapReached {
+        eprintln!("(the turn reached the limit of tool calls)");
+    }
+    Ok(())
+}
+
+/// The model as the tool loop's assistant, each turn streamed to stdout.
+struct StreamingAssistant<'a> {
+    m: &'a RunModel,
+    o: &'a GenerateOptions,
+}
+
+impl Assistant for StreamingAssistant<'_> {
+    fn next_turn(&mut self, conv: &Conversation) -> Result<String, BoxError> {
+        stream_answer(self.m, conv, self.o).map_err(|e| e.to_string().into())
+    }
 }
 
 /// Reads user turns from stdin until EOF or `/quit`; the conversation accumulates.
 pub fn chat(m: &RunModel, o: &GenerateOptions) -> anyhow::Result<()> {
     let mut conv = Conversation {
-        messages: Vec::new(),
+        messages: o.system_message().into_iter().collect(),
     };
-    if let Some(s) = &o.system {
-        conv.messages.push(Message::new(Role::System, s.clone()));
-    }
     eprintln!(
         "chatting with the `{}` model (Ctrl-D or /quit to leave, /reset to start over)",
         m.stage
@@ -183,8 +246,7 @@ pub fn chat(m: &RunModel, o: &GenerateOptions) -> anyhow::Result<()> {
         }
         conv.messages.push(Message::new(Role::User, line));
         eprint!("bot> ");
-        let answer = stream_answer(m, &conv, o)?;
-        conv.messages.push(Message::new(Role::Assistant, answer));
+        answer_turn(m, &mut conv, o)?;
     }
     Ok(())
 }

@@ -24,4 +24,5 @@ pub mod orchestrator;
 pub mod registry;
 pub mod report;
 pub mod runtime;
+pub mod tools;
 pub mod workspace;

@@ -54,7 +54,10 @@ fn run(
 ) -> (Conversation, TurnOutcome, Vec<LoopEvent>) {
     let mut conv = user("question");
     let mut events = Vec::new();
-    let outcome = run_turn(script, tools, &mut conv, cfg, &mut |e| events.push(e.clone())).unwrap();
+    let outcome = run_turn(script, tools, &mut conv, cfg, &mut |e| {
+        events.push(e.clone())
+    })
+    .unwrap();
     (conv, outcome, events)
 }
 
@@ -70,7 +73,10 @@ fn tool_results(conv: &Conversation) -> Vec<String> {
 fn a_call_runs_and_its_result_is_a_tool_turn_before_generation_continues() {
     let tools = ToolRegistry::builtin(&["calculator"]).unwrap();
     let mut s = Scripted::new(&[
-        &format!("Let me compute.{}", call("calculator", json!({"expression": "2*(3+4)"}))),
+        &format!(
+            "Let me compute.{}",
+            call("calculator", json!({"expression": "2*(3+4)"}))
+        ),
         "It is 14.",
     ]);
     let (conv, outcome, events) = run(&mut s, &tools, &LoopConfig::default());
@@ -82,9 +88,16 @@ fn a_call_runs_and_its_result_is_a_tool_turn_before_generation_continues() {
     assert_eq!(second[1].content, "Let me compute.");
     assert_eq!(second[1].tool_calls[0].name, "calculator");
     assert_eq!(second[2].role, Role::Tool);
-    assert_eq!(serde_json::from_str::<Value>(&second[2].content).unwrap(), json!({"result": 14}));
+    assert_eq!(
+        serde_json::from_str::<Value>(&second[2].content).unwrap(),
+        json!({"result": 14})
+    );
     assert_eq!(conv.messages.last().unwrap().content, "It is 14.");
-    assert!(events.iter().any(|e| matches!(e, LoopEvent::Result { error: false, .. })));
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, LoopEvent::Result { error: false, .. }))
+    );
 }
 
 fn error_of(result: &str) -> String {
@@ -107,11 +120,21 @@ fn a_malformed_call_an_unknown_tool_and_invalid_arguments_come_back_as_errors() 
     assert_eq!(outcome, TurnOutcome::Answered("Sorry.".into()));
     let results = tool_results(&conv);
     assert_eq!(results.len(), 3, "{results:?}");
-    assert!(error_of(&results[0]).starts_with("malformed tool call"), "{}", results[0]);
+    assert!(
+        error_of(&results[0]).starts_with("malformed tool call"),
+        "{}",
+        results[0]
+    );
     let unknown = error_of(&results[1]);
-    assert!(unknown.contains("unknown tool `weather`") && unknown.contains("calculator"), "{unknown}");
+    assert!(
+        unknown.contains("unknown tool `weather`") && unknown.contains("calculator"),
+        "{unknown}"
+    );
     let invalid = error_of(&results[2]);
-    assert!(invalid.contains("invalid arguments") && invalid.contains("expression"), "{invalid}");
+    assert!(
+        invalid.contains("invalid arguments") && invalid.contains("expression"),
+        "{invalid}"
+    );
 }
 
 /// A tool that counts its calls, sleeps, panics or returns a long string, as asked.
@@ -158,7 +181,10 @@ fn a_slow_tool_times_out_and_a_crashing_tool_is_reported() {
     let mut s = Scripted::new(&[&call("probe", json!({})), "done"]);
     let started = std::time::Instant::now();
     let (conv, outcome, _) = run(&mut s, &tools, &cfg);
-    assert!(started.elapsed() < Duration::from_millis(1_500), "the loop waited for the tool");
+    assert!(
+        started.elapsed() < Duration::from_millis(1_500),
+        "the loop waited for the tool"
+    );
     assert_eq!(outcome, TurnOutcome::Answered("done".into()));
     assert!(error_of(&tool_results(&conv)[0]).starts_with("timed out after"));
 

@@ -1,0 +1,51 @@
+//! `tool NAME --args JSON`: one built-in tool run directly, its arguments checked against its schema
+//! as the tool loop checks a model's call.
+
+use serde_json::Value;
+use tardbot_toolcall::{ParsedCall, validate_call};
+use tardbot_tools::ToolRegistry;
+
+/// Prints the result (exit 0) or the error (exit 1; 2 for a bad command line).
+pub fn run_one(name: &str, args: &str) -> u8 {
+    let registry = match ToolRegistry::builtin(&[name]) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    let arguments = match serde_json::from_str::<Value>(args) {
+        Ok(Value::Object(m)) => m,
+        Ok(other) => {
+            eprintln!("error: --args must be a JSON object, got {other}");
+            return 2;
+        }
+        Err(e) => {
+            eprintln!("error: --args is not JSON: {e}");
+            return 2;
+        }
+    };
+    let call = ParsedCall {
+        name: name.to_string(),
+        arguments,
+    };
+    if let Err(v) = validate_call(&call, &registry.specs()) {
+        let v: Vec<String> = v.iter().map(|v| v.to_string()).collect();
+        eprintln!("error: invalid arguments: {}", v.join("; "));
+        return 1;
+    }
+    let Some(tool) = registry.get(name) else {
+        eprintln!("error: unknown tool `{name}`");
+        return 2;
+    };
+    match tool.call(&call.arguments) {
+        Ok(v) => {
+            println!("{v}");
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}

@@ -369,6 +369,64 @@ fn run_all_trains_and_a_sigkilled_run_resumes_bit_exactly() {
 
     execution_settings_reuse_cached_stages(a.path());
     exports_are_recorded_with_their_lineage(a.path());
+    tools_run_from_the_command_line(a.path());
+}
+
+/// `tool` runs one built-in tool (exit 0 with its JSON, 1 for bad arguments, 2 for an unknown tool);
+/// `generate --tools` runs the trained toolcall model through the tool loop.
+fn tools_run_from_the_command_line(dir: &Path) {
+    let out = cmd(
+        dir,
+        &[
+            "tool",
+            "calculator",
+            "--args",
+            r#"{"expression": "2*(3+4)"}"#,
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        r#"{"result":14}"#
+    );
+    let out = cmd(dir, &["tool", "calculator", "--args", r#"{"expr": "1"}"#])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing required argument"));
+    let out = cmd(dir, &["tool", "no_such_tool"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = cmd(
+        dir,
+        &[
+            "generate",
+            "run-1",
+            "--stage",
+            "toolcall",
+            "--prompt",
+            "What is 12 times 7?",
+            "--tools",
+            "calculator,element_lookup",
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "24",
+        ],
+    )
+    .output()
+    .unwrap();
+    // The micro model's session, as it went (it is too small to use its tools well).
+    eprintln!(
+        "generate --tools session:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// `export` writes the trained model for transformers and llama.cpp and records it as an `export`

@@ -47,13 +47,32 @@ impl ChatTask for ToolcallTask {
     }
 }
 
-/// Valid-JSON rate, tool-name accuracy, exact (name, arguments) match, correct abstention.
+/// Valid-JSON rate, tool-name accuracy, exact (name, arguments) match, correct abstention: over all
+/// items, then per source as `<metric>/bfcl` (BFCL rows: functions the model has not seen) and
+/// `<metric>/generated` (conversations with the local tools), so that a blend never hides a zero on
+/// one of them.
 pub fn score_all(pairs: &[(&ChatExample, String)]) -> Vec<(String, f64)> {
     let scores: Vec<_> = pairs.iter().map(|(ex, g)| score(ex, g)).collect();
-    aggregate(&scores)
+    let mut out: Vec<(String, f64)> = aggregate(&scores)
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
-        .collect()
+        .collect();
+    for (source, prefix) in [("bfcl", "bfcl:"), ("generated", "gen:")] {
+        let part: Vec<_> = pairs
+            .iter()
+            .zip(&scores)
+            .filter(|((ex, _), _)| ex.kind.starts_with(prefix))
+            .map(|(_, s)| s.clone())
+            .collect();
+        if !part.is_empty() {
+            out.extend(
+                aggregate(&part)
+                    .into_iter()
+                    .map(|(k, v)| (format!("{k}/{source}"), v)),
+            );
+        }
+    }
+    out
 }
 
 /// A generated multi-turn example is asked twice: for its tool call (the turn after the user's
@@ -68,5 +87,34 @@ pub fn eval_items(ex: &ChatExample) -> Vec<ChatExample> {
     match first_call_example(ex) {
         Some(call) if turns > 1 => vec![call, ex.clone()],
         _ => vec![ex.clone()],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::first_call_example;
+    use crate::test_util::{by_id, sample, target_text};
+
+    /// The model is right on BFCL and wrong on the generated conversations: the blend says 0.5, the
+    /// per-source figures say 1 and 0.
+    #[test]
+    fn scores_are_reported_per_source_besides_the_blend() {
+        let bfcl = sample();
+        let b = by_id(&bfcl, "simple_python_0");
+        let generated: Vec<ChatExample> = generated_examples(40, 3)
+            .iter()
+            .filter_map(first_call_example)
+            .collect();
+        let g = generated.first().expect("a generated call example");
+        let pairs = vec![(b, target_text(b)), (g, "I do not know.".to_string())];
+        let pairs: Vec<(&ChatExample, String)> = pairs.into_iter().collect();
+        let figures: std::collections::HashMap<String, f64> =
+            score_all(&pairs).into_iter().collect();
+        assert_eq!(figures["name_accuracy"], 0.5);
+        assert_eq!(figures["name_accuracy/bfcl"], 1.0);
+        assert_eq!(figures["name_accuracy/generated"], 0.0);
+        assert_eq!(figures["call_rows/bfcl"], 1.0);
+        assert_eq!(figures["call_rows/generated"], 1.0);
     }
 }

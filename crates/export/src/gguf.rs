@@ -60,6 +60,15 @@ pub fn write_gguf(
             });
         }
     };
+    if src.tokenizer.merges.is_empty() {
+        return Err(ExportError::Unsupported {
+            format: "gguf",
+            reason: format!(
+                "{} has no BPE merges; llama.cpp's BPE tokenizer needs at least one",
+                src.tokenizer.path.display()
+            ),
+        });
+    }
     let tensors = gguf_tensors(src, weight_type)?;
     let metadata = metadata(src, card, dtype);
     let mut stage = staging::Dir::new(out)?;

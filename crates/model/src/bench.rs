@@ -45,6 +45,14 @@ pub fn int8_logit_error(model: &TardBot, q8: &TardBot, ids: &Tensor) -> Result<(
     Ok((diff / scale.max(1e-30), agree))
 }
 
+/// The benchmark's prompt: `prompt_tokens` ids drawn from the seed (a peer runs the same ids).
+pub fn bench_prompt(cfg: &ModelConfig, opts: &BenchGenerateOptions) -> Vec<u32> {
+    let mut rng = tardbot_core::rng::SplitMix64::scrambled(opts.seed + 1);
+    (0..opts.prompt_tokens)
+        .map(|_| (rng.next_u64() % cfg.vocab_size as u64) as u32)
+        .collect()
+}
+
 /// Runs the benchmark on CPU, prints a table and returns the figures as JSON.
 pub fn bench_generate(opts: &BenchGenerateOptions) -> Result<serde_json::Value> {
     let cfg = ModelConfig::from_preset(&opts.preset)
@@ -58,10 +66,7 @@ pub fn bench_generate(opts: &BenchGenerateOptions) -> Result<serde_json::Value> 
     let (model, _vm) = TardBot::new_random(&cfg, opts.seed, DType::F32, &dev)?;
     let model = model.with_fused_kernels(true);
     let q8 = model.quantize_int8()?;
-    let mut rng = tardbot_core::rng::SplitMix64::scrambled(opts.seed + 1);
-    let prompt: Vec<u32> = (0..opts.prompt_tokens)
-        .map(|_| (rng.next_u64() % cfg.vocab_size as u64) as u32)
-        .collect();
+    let prompt = bench_prompt(&cfg, opts);
     let gcfg = GenerateConfig {
         max_new_tokens: opts.new_tokens,
         stop_tokens: Vec::new(),

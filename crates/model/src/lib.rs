@@ -49,7 +49,7 @@ pub mod profile;
 pub mod stored_expert;
 
 pub use attention::{AttnCtx, LayerKvCache};
-pub use bench::{BenchGenerateOptions, bench_generate};
+pub use bench::{BenchGenerateOptions, bench_generate, bench_prompt};
 pub use error::{ModelError, Result};
 pub use expert_store::{ExpertStore, StoreError, StoreLayout};
 pub use generate::{GenerateConfig, Generation, Sampler, SamplingParams, StopReason, generate};

@@ -458,3 +458,146 @@ pub fn experts(args: ExpertsBenchArgs) -> anyhow::Result<serde_json::Value> {
         "predicted_saved_mib": predicted_saving,
     }))
 }
+
+/// `bench generate --peer PYTHON`: ours against llama.cpp on the GGUF `export` writes of the same
+/// random model (f32 against our fp32, q8_0 against our int8), same prompt ids, token counts and
+/// threads, in alternating rounds; prints the medians and their ratios, then one JSON line.
+pub fn generate_with_peer(
+    opts: &tardbot_model::BenchGenerateOptions,
+    python: &std::path::Path,
+    rounds: usize,
+) -> anyhow::Result<serde_json::Value> {
+    use anyhow::Context;
+    use std::path::Path;
+    use tardbot_export::{ExportDtype, Format, ModelCard, SourceModel};
+    let cfg = tardbot_core::ModelConfig::from_preset(&opts.preset)
+        .with_context(|| format!("unknown preset `{}`", opts.preset))?;
+    let dir = tempfile::tempdir()?;
+    let (_, vm) = tardbot_model::TardBot::new_random(
+        &cfg,
+        opts.seed,
+        tardbot_model::candle_core::DType::F32,
+        &tardbot_model::candle_core::Device::Cpu,
+    )?;
+    let weights = dir.path().join("model.safetensors");
+    tardbot_model::save_safetensors(&vm, None, &weights)?;
+    drop(vm);
+    let model_json = dir.path().join("model.json");
+    std::fs::write(&model_json, serde_json::to_vec(&cfg)?)?;
+    // The GGUF needs a tokenizer; the benchmark feeds ids, so a small one trained here serves.
+    let tokenizer = dir.path().join("tokenizer.json");
+    let text = "the model reads the text and the model writes the text ".repeat(8);
+    tardbot_tokenize::train_tokenizer::train_bpe(
+        std::iter::once(text.as_str()),
+        &tardbot_tokenize::train_tokenizer::TrainOptions {
+            vocab_size: tardbot_tokens::special_tokens::N_SPECIAL + 256 + 16,
+            min_frequency: 2,
+            max_training_bytes: 1 << 20,
+            seed: 0,
+        },
+        &tokenizer,
+    )?;
+    let src = SourceModel::load(&weights, &model_json, &tokenizer)?;
+    let card = ModelCard {
+        run: "bench".into(),
+        stage: "random".into(),
+        ..ModelCard::default()
+    };
+    let mut ggufs = Vec::new();
+    for (name, dtype) in [("f32", ExportDtype::F32), ("q8_0", ExportDtype::Q8_0)] {
+        let out = dir.path().join(name);
+        tardbot_export::export(&src, &card, Format::Gguf, dtype, &out)?;
+        ggufs.push((name, out.join("model.gguf")));
+    }
+    drop(src);
+    let script = dir.path().join("bench_llama_cpp.py");
+    std::fs::write(&script, include_str!("bench_llama_cpp.py"))?;
+    let prompt = tardbot_model::bench_prompt(&cfg, opts);
+    let threads = rayon::current_num_threads();
+    let peer = |gguf: &Path| -> anyhow::Result<serde_json::Value> {
+        let args = dir.path().join("peer.json");
+        std::fs::write(
+            &args,
+            serde_json::to_vec(&serde_json::json!({"model": gguf, "prompt": prompt,
+                "new_tokens": opts.new_tokens, "threads": threads}))?,
+        )?;
+        let out = std::process::Command::new(python)
+            .arg(&script)
+            .arg(&args)
+            .output()
+            .with_context(|| format!("running {}", python.display()))?;
+        anyhow::ensure!(
+            out.status.success(),
+            "the llama.cpp peer failed (is llama-cpp-python installed? tests/interop/setup.sh):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        Ok(serde_json::from_str(stdout.lines().last().unwrap_or(""))?)
+    };
+    // (ours fp32, ours int8, peer f32, peer q8_0) × (prefill, decode), per round.
+    let mut figures: Vec<[f64; 8]> = Vec::new();
+    for round in 0..rounds.max(1) {
+        let ours = tardbot_model::bench_generate(opts)?;
+        let row = |w: &str, k: &str| {
+            ours["results"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|r| r["weights"] == w)
+                .and_then(|r| r[k].as_f64())
+                .unwrap_or(f64::NAN)
+        };
+        let pf = peer(&ggufs[0].1)?;
+        let pq = peer(&ggufs[1].1)?;
+        let f = [
+            row("fp32", "prefill_tokens_per_s"),
+            row("fp32", "decode_tokens_per_s"),
+            row("int8", "prefill_tokens_per_s"),
+            row("int8", "decode_tokens_per_s"),
+            pf["prefill_tokens_per_s"].as_f64().unwrap_or(f64::NAN),
+            pf["decode_tokens_per_s"].as_f64().unwrap_or(f64::NAN),
+            pq["prefill_tokens_per_s"].as_f64().unwrap_or(f64::NAN),
+            pq["decode_tokens_per_s"].as_f64().unwrap_or(f64::NAN),
+        ];
+        println!(
+            "round {}: prefill ours/llama.cpp f32 {:.1}/{:.1}, int8/q8_0 {:.1}/{:.1}; decode f32 {:.1}/{:.1}, int8/q8_0 {:.1}/{:.1} tok/s",
+            round + 1,
+            f[0],
+            f[4],
+            f[2],
+            f[6],
+            f[1],
+            f[5],
+            f[3],
+            f[7]
+        );
+        figures.push(f);
+    }
+    let median = |v: &mut Vec<f64>| -> f64 {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let ratio = |a: usize, b: usize| median(&mut figures.iter().map(|f| f[a] / f[b]).collect());
+    let v = serde_json::json!({
+        "bench": "generate-peer",
+        "preset": opts.preset,
+        "threads": threads,
+        "prompt_tokens": opts.prompt_tokens,
+        "new_tokens": opts.new_tokens,
+        "rounds": figures.len(),
+        "ratio_prefill_f32": ratio(0, 4),
+        "ratio_decode_f32": ratio(1, 5),
+        "ratio_prefill_int8_vs_q8_0": ratio(2, 6),
+        "ratio_decode_int8_vs_q8_0": ratio(3, 7),
+        "rounds_figures": figures,
+    });
+    println!(
+        "ours / llama.cpp (median of {} rounds): prefill f32 {:.2}, decode f32 {:.2}, prefill int8/q8_0 {:.2}, decode int8/q8_0 {:.2}",
+        figures.len(),
+        v["ratio_prefill_f32"].as_f64().unwrap_or(f64::NAN),
+        v["ratio_decode_f32"].as_f64().unwrap_or(f64::NAN),
+        v["ratio_prefill_int8_vs_q8_0"].as_f64().unwrap_or(f64::NAN),
+        v["ratio_decode_int8_vs_q8_0"].as_f64().unwrap_or(f64::NAN)
+    );
+    Ok(v)
+}

@@ -213,7 +213,8 @@ pub enum BenchWhat {
         #[arg(long, default_value = "../shared/corpora")]
         corpora: PathBuf,
     },
-    /// Generation tokens/s, fp32 and int8 weights.
+    /// Generation tokens/s, fp32 and int8 weights; with `--peer PYTHON`, llama.cpp (llama-cpp-python)
+    /// on the GGUF export of the same model, in alternating rounds, and the ratios ours / llama.cpp.
     Generate {
         #[arg(long, default_value = "mac_nano")]
         preset: String,
@@ -221,6 +222,11 @@ pub enum BenchWhat {
         prompt_tokens: usize,
         #[arg(long, default_value_t = 64)]
         new_tokens: usize,
+        /// A Python with llama-cpp-python (tests/interop/setup.sh makes one).
+        #[arg(long)]
+        peer: Option<PathBuf>,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
     /// Training steps (forward, backward, AdamW) on random tokens, fp32 CPU: tokens/s, MFU, time per
     /// phase, peak RSS; with `--peer PYTHON`, the PyTorch peer (`torch_ref.py`) with the same shapes
@@ -637,6 +643,8 @@ async fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<u8> {
                     preset,
                     prompt_tokens,
                     new_tokens,
+                    peer,
+                    rounds,
                 } => {
                     let opts = tardbot_model::BenchGenerateOptions {
                         preset,
@@ -644,8 +652,20 @@ async fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<u8> {
                         new_tokens,
                         seed: 0,
                     };
-                    tokio::task::spawn_blocking(move || tardbot_model::bench_generate(&opts))
-                        .await??
+                    match peer {
+                        Some(python) => {
+                            tokio::task::spawn_blocking(move || {
+                                bench::generate_with_peer(&opts, &python, rounds)
+                            })
+                            .await??
+                        }
+                        None => {
+                            tokio::task::spawn_blocking(move || {
+                                tardbot_model::bench_generate(&opts)
+                            })
+                            .await??
+                        }
+                    }
                 }
                 BenchWhat::Train {
                     preset,

@@ -21,12 +21,20 @@ fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The tool with `cfg`, or None (printed) where no sandbox can be built here.
+/// Set (to anything) to make a missing sandbox a failure instead of a skip.
+const REQUIRE_VAR: &str = "TARDBOT_REQUIRE_SANDBOX";
+
+/// The tool with `cfg`, or None (printed) where no sandbox can be built here (a failure when
+/// [`REQUIRE_VAR`] is set).
 fn sandbox(cfg: SandboxConfig) -> Option<PythonTool> {
     let tool = PythonTool::new(cfg);
     match tool.check_sandbox() {
         Ok(()) => Some(tool),
         Err(why) => {
+            assert!(
+                std::env::var_os(REQUIRE_VAR).is_none(),
+                "{REQUIRE_VAR} is set and there is no sandbox: {why}"
+            );
             eprintln!("SKIPPED: no sandbox here: {why}");
             None
         }
@@ -146,6 +154,10 @@ fn run_in_helper(exe: &Path, prefix: &[&str], env: &[(&str, &str)], code: &str) 
             return Some(serde_json::from_str(j).expect("helper JSON"));
         }
         if let Some((_, why)) = line.split_once("HELPER_UNAVAILABLE:") {
+            assert!(
+                std::env::var_os(REQUIRE_VAR).is_none(),
+                "{REQUIRE_VAR} is set and the helper has no sandbox: {why}"
+            );
             eprintln!("SKIPPED: no sandbox in the helper: {why}");
             return None;
         }

@@ -394,7 +394,7 @@ impl Tool for PythonTool {
             description: format!(
                 "Run a Python 3 program in a sandbox and return what it printed. No network, no \
                  input; only {SANDBOX_WORK_DIR} and /tmp are writable and start empty; standard \
-                 library only; {} s wall-clock, {} MiB of memory. Print the results you need.",
+                 library and the system Python's packages only; {} s wall-clock, {} MiB of memory. Print the results you need.",
                 self.cfg.timeout.as_secs_f64(),
                 self.cfg.address_space_bytes / MIB
             ),

@@ -416,8 +416,9 @@ fn ten_megabytes_of_output_are_truncated() {
     assert_eq!(r.stdout, "xxxxxxxxxx\n");
 }
 
-/// The uid switch (as root; `--uid` never maps it to 0): the code runs as uid/gid 65534 with no
-/// supplementary groups and cannot become root, and /etc/shadow would be unreadable to it.
+/// The uid switch before exec'ing bwrap (when we are root): the code runs as uid/gid 65534 with no
+/// supplementary groups and cannot become root (so /etc/shadow, were it mounted, is unreadable).
+/// Not root: it runs as our own uid, never 0.
 #[test]
 fn runs_as_an_unprivileged_uid() {
     let _g = serial();

@@ -1,3 +1,4 @@
 //! The tools crate's integration tests.
 
+mod python;
 mod tool_loop;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tardbot_toolcall::ToolSpec;
 
 /// Names [`ToolRegistry::builtin`] knows.
-pub const BUILTIN: &[&str] = &["calculator", "convert_units", "element_lookup"];
+pub const BUILTIN: &[&str] = &["calculator", "convert_units", "element_lookup", "python"];
 
 /// Tools by name, in the order they are offered to the model.
 #[derive(Clone, Default)]
@@ -43,13 +43,17 @@ impl ToolRegistry {
         self.tools.is_empty()
     }
 
-    /// The built-in tools of these names (`calculator`, `convert_units`, `element_lookup`); an
-    /// unknown name is an error listing the known ones.
+    /// The built-in tools of these names ([`BUILTIN`]; `python` with the default
+    /// [`SandboxConfig`](crate::python::SandboxConfig)); an unknown name is an error listing the known
+    /// ones.
     pub fn builtin(names: &[&str]) -> Result<ToolRegistry, String> {
         let mut r = ToolRegistry::new();
         for &name in names {
             let tool: Arc<dyn Tool> = match tardbot_toolcall::tools::LocalTool::by_name(name) {
                 Some(t) => Arc::new(crate::local::Local(t)),
+                None if name == "python" => Arc::new(crate::python::PythonTool::new(
+                    crate::python::SandboxConfig::default(),
+                )),
                 None => {
                     return Err(format!(
                         "unknown tool `{name}`; built-in tools: {}",

@@ -17,7 +17,7 @@ use tardbot_tools::{Tool, ToolError};
 /// fork bomb in one test would starve another running beside it.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn serial() -> MutexGuard<'static, ()> {
+pub(crate) fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 

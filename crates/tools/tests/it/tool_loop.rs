@@ -233,3 +233,22 @@ fn long_results_are_cut_and_marked() {
     assert!(r.len() < 200, "{} bytes", r.len());
     assert!(r.contains("[truncated: 100 of 10011 bytes shown]"), "{r}");
 }
+
+#[test]
+fn a_python_call_runs_in_the_sandbox_and_its_output_comes_back() {
+    // The sandbox's process limit counts every process of its uid: one sandbox at a time.
+    let _serial = crate::python::serial();
+    let tools = ToolRegistry::builtin(&["python"]).unwrap();
+    let python = tools.get("python").unwrap();
+    let probe = python.call(serde_json::json!({"code": "print(1)"}).as_object().unwrap());
+    if let Err(ToolError::Unavailable(why)) = probe {
+        eprintln!("SKIP python in the loop: {why}");
+        return;
+    }
+    let mut s = Scripted::new(&[&call("python", json!({"code": "print(12 * 7)"})), "84."]);
+    let (conv, outcome, _) = run(&mut s, &tools, &LoopConfig::default());
+    assert_eq!(outcome, TurnOutcome::Answered("84.".into()));
+    let result: Value = serde_json::from_str(&tool_results(&conv)[0]).unwrap();
+    assert_eq!(result["stdout"], "84\n", "{result}");
+    assert_eq!(result["exit_code"], 0);
+}

@@ -192,6 +192,28 @@ fn cases() -> Vec<Case> {
             field: "`ingest.validation_fraction`",
             message: "validation token shards",
         },
+        Case {
+            name: "unknown key in the python tool's settings",
+            text: base(
+                "",
+                model,
+                &format!("{PRETRAIN}[tools.python]\ntimeout = 3\n"),
+            ),
+            marker: "timeout = 3",
+            field: "`tools.python.timeout`",
+            message: "unknown field",
+        },
+        Case {
+            name: "a python sandbox too small to start",
+            text: base(
+                "",
+                model,
+                &format!("{PRETRAIN}[tools.python]\nmemory_mib = 8\n"),
+            ),
+            marker: "memory_mib",
+            field: "`tools.python.memory_mib`",
+            message: "too little for Python",
+        },
     ]
 }
 

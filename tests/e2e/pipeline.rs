@@ -417,6 +417,33 @@ fn tools_run_from_the_command_line(dir: &Path) {
     )
     .output()
     .unwrap();
+    // `[tools.python]` of the pipeline file sets the sandbox: a 1 s wall clock kills an endless loop.
+    let cfg = dir.join("pipeline.toml");
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str("\n[tools.python]\ntimeout_s = 1\n");
+    std::fs::write(&cfg, text).unwrap();
+    let out = cmd(
+        dir,
+        &[
+            "tool",
+            "python",
+            "--args",
+            r#"{"code": "while True: pass"}"#,
+        ],
+    )
+    .output()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if out.status.success() {
+        let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+        assert_eq!(v["timed_out"], true, "{v}");
+        assert!(v["duration_s"].as_f64().unwrap() < 3.0, "{v}");
+    } else {
+        // No sandbox on this machine: the tool refuses, saying what to install.
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("bubblewrap"), "{stderr}");
+        eprintln!("SKIP the python timeout check: {stderr}");
+    }
     // The micro model's session, as it went (it is too small to use its tools well).
     eprintln!(
         "generate --tools session:\n{}",

@@ -166,12 +166,19 @@ pub struct GenerateArgs {
 }
 
 impl GenerateArgs {
-    fn options(&self) -> anyhow::Result<inference::GenerateOptions> {
+    /// `python` is the `[tools.python]` sandbox of the pipeline file.
+    fn options(
+        &self,
+        python: &tardbot_tools::python::SandboxConfig,
+    ) -> anyhow::Result<inference::GenerateOptions> {
         let tools = if self.tools.is_empty() {
             None
         } else {
             let names: Vec<&str> = self.tools.iter().map(String::as_str).collect();
-            Some(tardbot_tools::ToolRegistry::builtin(&names).map_err(anyhow::Error::msg)?)
+            Some(
+                tardbot_tools::ToolRegistry::builtin_with(&names, python)
+                    .map_err(anyhow::Error::msg)?,
+            )
         };
         Ok(inference::GenerateOptions {
             max_new_tokens: self.max_new_tokens,
@@ -359,6 +366,18 @@ fn load_config(registry: &Registry, path: &Path) -> Result<(PipelineConfig, Stri
     }
 }
 
+/// The python tool's sandbox from the pipeline file's `[tools.python]`; the defaults when the file
+/// does not exist (tools need no pipeline), exit code 2 when it is invalid.
+fn python_sandbox(
+    registry: &Registry,
+    config: &Path,
+) -> Result<tardbot_tools::python::SandboxConfig, u8> {
+    if !config.exists() {
+        return Ok(tardbot_tools::python::SandboxConfig::default());
+    }
+    load_config(registry, config).map(|(c, _)| Registry::python_sandbox(&c))
+}
+
 fn workspace(
     registry: &Registry,
     cli_ws: &Option<PathBuf>,
@@ -483,7 +502,11 @@ async fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<u8> {
             let (ledger, run) = inference::open_run(&ws, &run).await?;
             let m =
                 inference::load_run_model(&registry, &ledger, &run, opts.stage.as_deref()).await?;
-            inference::generate(&m, &prompt, &opts.options()?)?;
+            let python = match python_sandbox(&registry, &cli.config) {
+                Ok(p) => p,
+                Err(code) => return Ok(code),
+            };
+            inference::generate(&m, &prompt, &opts.options(&python)?)?;
             Ok(0)
         }
         Command::Chat { run, opts } => {
@@ -494,10 +517,17 @@ async fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<u8> {
             let (ledger, run) = inference::open_run(&ws, &run).await?;
             let m =
                 inference::load_run_model(&registry, &ledger, &run, opts.stage.as_deref()).await?;
-            inference::chat(&m, &opts.options()?)?;
+            let python = match python_sandbox(&registry, &cli.config) {
+                Ok(p) => p,
+                Err(code) => return Ok(code),
+            };
+            inference::chat(&m, &opts.options(&python)?)?;
             Ok(0)
         }
-        Command::Tool { name, args } => Ok(crate::tools::run_one(&name, &args)),
+        Command::Tool { name, args } => match python_sandbox(&registry, &cli.config) {
+            Ok(python) => Ok(crate::tools::run_one(&name, &args, &python)),
+            Err(code) => Ok(code),
+        },
         Command::Export {
             run,
             stage,

@@ -54,7 +54,19 @@ impl Registry {
             .iter()
             .flat_map(|s| s.check_config(config))
             .collect();
-        let owned: Vec<String> = self.stages.iter().flat_map(|s| s.tables()).collect();
+        let mut owned: Vec<String> = self.stages.iter().flat_map(|s| s.tables()).collect();
+        // Not a stage's: the tools' settings (`generate`/`chat --tools`, `tool`).
+        owned.push("tools.python".to_string());
+        match python_settings(config) {
+            Ok(settings) => {
+                let mut p = Problems::default();
+                for (field, message) in settings.problems() {
+                    p.push(&format!("tools.python.{field}"), message);
+                }
+                problems.extend(config.locate(p));
+            }
+            Err(e) => problems.extend(e.problems().iter().cloned()),
+        }
         let mut p = Problems::default();
         for table in config.stage_tables() {
             let nested: Vec<&str> = owned
@@ -91,6 +103,13 @@ impl Registry {
             .check_stage_names(&self.training_stages(config), &mut p);
         problems.extend(config.locate(p));
         problems
+    }
+
+    /// The python tool's sandbox as `[tools.python]` configures it (defaults without the section).
+    pub fn python_sandbox(config: &PipelineConfig) -> tardbot_tools::python::SandboxConfig {
+        python_settings(config)
+            .map(|s| s.sandbox_config())
+            .unwrap_or_default()
     }
 
     /// Loads a pipeline file and checks it with every stage: all problems at once.
@@ -220,4 +239,13 @@ mod tests {
         let fields: Vec<&str> = err.problems().iter().map(|p| p.field.as_str()).collect();
         assert_eq!(fields, ["echo", "data.echo"], "{err}");
     }
+}
+
+/// `[tools.python]`, parsed with line numbers for its errors.
+fn python_settings(
+    config: &PipelineConfig,
+) -> Result<tardbot_tools::settings::PythonSettings, tardbot_core::config::ConfigError> {
+    Ok(config
+        .section::<tardbot_tools::settings::PythonSettings>(&["tools", "python"])?
+        .unwrap_or_default())
 }

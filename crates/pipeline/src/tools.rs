@@ -5,9 +5,10 @@ use serde_json::Value;
 use tardbot_toolcall::{ParsedCall, validate_call};
 use tardbot_tools::ToolRegistry;
 
-/// Prints the result (exit 0) or the error (exit 1; 2 for a bad command line).
-pub fn run_one(name: &str, args: &str) -> u8 {
-    let registry = match ToolRegistry::builtin(&[name]) {
+/// Prints the result (exit 0) or the error (exit 1; 2 for a bad command line). `python` runs in the
+/// sandbox `[tools.python]` configures.
+pub fn run_one(name: &str, args: &str, python: &tardbot_tools::python::SandboxConfig) -> u8 {
+    let registry = match ToolRegistry::builtin_with(&[name], python) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");

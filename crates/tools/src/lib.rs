@@ -16,6 +16,7 @@
 pub mod local;
 pub mod python;
 pub mod registry;
+pub mod settings;
 pub mod tool;
 pub mod tool_loop;
 

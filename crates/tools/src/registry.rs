@@ -47,13 +47,21 @@ impl ToolRegistry {
     /// [`SandboxConfig`](crate::python::SandboxConfig)); an unknown name is an error listing the known
     /// ones.
     pub fn builtin(names: &[&str]) -> Result<ToolRegistry, String> {
+        ToolRegistry::builtin_with(names, &crate::python::SandboxConfig::default())
+    }
+
+    /// [`ToolRegistry::builtin`] with `python`'s sandbox as configured (`[tools.python]`).
+    pub fn builtin_with(
+        names: &[&str],
+        python: &crate::python::SandboxConfig,
+    ) -> Result<ToolRegistry, String> {
         let mut r = ToolRegistry::new();
         for &name in names {
             let tool: Arc<dyn Tool> = match tardbot_toolcall::tools::LocalTool::by_name(name) {
                 Some(t) => Arc::new(crate::local::Local(t)),
-                None if name == "python" => Arc::new(crate::python::PythonTool::new(
-                    crate::python::SandboxConfig::default(),
-                )),
+                None if name == "python" => {
+                    Arc::new(crate::python::PythonTool::new(python.clone()))
+                }
                 None => {
                     return Err(format!(
                         "unknown tool `{name}`; built-in tools: {}",

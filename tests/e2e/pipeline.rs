@@ -398,25 +398,6 @@ fn tools_run_from_the_command_line(dir: &Path) {
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing required argument"));
     let out = cmd(dir, &["tool", "no_such_tool"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
-    let out = cmd(
-        dir,
-        &[
-            "generate",
-            "run-1",
-            "--stage",
-            "toolcall",
-            "--prompt",
-            "What is 12 times 7?",
-            "--tools",
-            "calculator,element_lookup",
-            "--temperature",
-            "0",
-            "--max-new-tokens",
-            "24",
-        ],
-    )
-    .output()
-    .unwrap();
     // `[tools.python]` of the pipeline file sets the sandbox: a 1 s wall clock kills an endless loop.
     let cfg = dir.join("pipeline.toml");
     let mut text = std::fs::read_to_string(&cfg).unwrap();
@@ -444,15 +425,34 @@ fn tools_run_from_the_command_line(dir: &Path) {
         assert!(stderr.contains("bubblewrap"), "{stderr}");
         eprintln!("SKIP the python timeout check: {stderr}");
     }
+    let session = cmd(
+        dir,
+        &[
+            "generate",
+            "run-1",
+            "--stage",
+            "toolcall",
+            "--prompt",
+            "What is 12 times 7?",
+            "--tools",
+            "calculator,element_lookup",
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "24",
+        ],
+    )
+    .output()
+    .unwrap();
     // The micro model's session, as it went (it is too small to use its tools well).
     eprintln!(
         "generate --tools session:\n{}",
-        String::from_utf8_lossy(&out.stdout)
+        String::from_utf8_lossy(&session.stdout)
     );
     assert!(
-        out.status.success(),
+        session.status.success(),
         "{}",
-        String::from_utf8_lossy(&out.stderr)
+        String::from_utf8_lossy(&session.stderr)
     );
 }
 

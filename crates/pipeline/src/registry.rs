@@ -149,6 +149,15 @@ pub fn stages() -> Registry {
         .chat(tardbot_cot::CotTask)
 }
 
+/// `[tools.python]`, parsed with line numbers for its errors.
+fn python_settings(
+    config: &PipelineConfig,
+) -> Result<tardbot_tools::settings::PythonSettings, tardbot_core::config::ConfigError> {
+    Ok(config
+        .section::<tardbot_tools::settings::PythonSettings>(&["tools", "python"])?
+        .unwrap_or_default())
+}
+
 #[cfg(test)]
 mod tests {
     //! The extension point as a new chat stage uses it: a task type and one registry line, nothing
@@ -239,13 +248,4 @@ mod tests {
         let fields: Vec<&str> = err.problems().iter().map(|p| p.field.as_str()).collect();
         assert_eq!(fields, ["echo", "data.echo"], "{err}");
     }
-}
-
-/// `[tools.python]`, parsed with line numbers for its errors.
-fn python_settings(
-    config: &PipelineConfig,
-) -> Result<tardbot_tools::settings::PythonSettings, tardbot_core::config::ConfigError> {
-    Ok(config
-        .section::<tardbot_tools::settings::PythonSettings>(&["tools", "python"])?
-        .unwrap_or_default())
 }

@@ -1,8 +1,8 @@
 //! `tool NAME --args JSON`: one built-in tool run directly, its arguments checked against its schema
-//! as the tool loop checks a model's call.
+//! as the tool loop checks a model's call ([`ToolRegistry::check`]).
 
 use serde_json::Value;
-use tardbot_toolcall::{ParsedCall, validate_call};
+use tardbot_toolcall::ParsedCall;
 use tardbot_tools::ToolRegistry;
 
 /// Prints the result (exit 0) or the error (exit 1; 2 for a bad command line). `python` runs in the
@@ -30,14 +30,13 @@ pub fn run_one(name: &str, args: &str, python: &tardbot_tools::python::SandboxCo
         name: name.to_string(),
         arguments,
     };
-    if let Err(v) = validate_call(&call, &registry.specs()) {
-        let v: Vec<String> = v.iter().map(|v| v.to_string()).collect();
-        eprintln!("error: invalid arguments: {}", v.join("; "));
-        return 1;
-    }
-    let Some(tool) = registry.get(name) else {
-        eprintln!("error: unknown tool `{name}`");
-        return 2;
+    // The same checks the tool loop makes of a model's call (the name is known: `builtin` took it).
+    let tool = match registry.check(&call) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
     };
     match tool.call(&call.arguments) {
         Ok(v) => {

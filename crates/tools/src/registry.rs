@@ -2,7 +2,7 @@
 
 use crate::tool::Tool;
 use std::sync::Arc;
-use tardbot_toolcall::ToolSpec;
+use tardbot_toolcall::{ParsedCall, ToolSpec, validate_call};
 
 /// Names [`ToolRegistry::builtin`] knows.
 pub const BUILTIN: &[&str] = &["calculator", "convert_units", "element_lookup", "python"];
@@ -28,6 +28,23 @@ impl ToolRegistry {
 
     pub fn get(&self, name: &str) -> Option<&Arc<dyn Tool>> {
         self.tools.iter().find(|t| t.spec().name == name)
+    }
+
+    /// The tool a call names, once its arguments satisfy the tool's schema; otherwise what is wrong
+    /// (an unknown tool, listing the known ones, or each schema violation), as the model is told.
+    pub fn check(&self, call: &ParsedCall) -> Result<&Arc<dyn Tool>, String> {
+        let Some(tool) = self.get(&call.name) else {
+            return Err(format!(
+                "unknown tool `{}`; the tools are: {}",
+                call.name,
+                self.names().join(", ")
+            ));
+        };
+        if let Err(violations) = validate_call(call, &self.specs()) {
+            let v: Vec<String> = violations.iter().map(|v| v.to_string()).collect();
+            return Err(format!("invalid arguments: {}", v.join("; ")));
+        }
+        Ok(tool)
     }
 
     /// The specs offered to the model (its system turn lists them).

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use tardbot_tokens::chat::{Conversation, Message, Role};
-use tardbot_toolcall::{ParsedCall, parse_tool_calls, validate_call};
+use tardbot_toolcall::{ParsedCall, parse_tool_calls};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -77,19 +77,18 @@ pub fn run_turn(
     cfg: &LoopConfig,
     on_event: &mut dyn FnMut(&LoopEvent),
 ) -> Result<TurnOutcome, BoxError> {
-    let specs = tools.specs();
     let mut executed = 0;
     let mut capped = false;
     loop {
         let text = assistant.next_turn(conv)?;
         on_event(&LoopEvent::Turn(text.clone()));
-        let (content, calls) = split_turn(&text);
-        let calls = match calls {
+        let mut msg = assistant_message(&text);
+        let calls = match parse_tool_calls(&text) {
             Ok(c) => c,
             Err(e) => {
-                // A malformed call: the turn is kept as text and the model is told what was wrong.
-                conv.messages
-                    .push(Message::new(Role::Assistant, text.clone()));
+                // A malformed call: the turn is kept up to the call, and the model is told what was
+                // wrong with it.
+                conv.messages.push(msg);
                 let result = error_result(&format!("malformed tool call: {e}"));
                 on_event(&LoopEvent::Result {
                     name: String::new(),
@@ -106,11 +105,10 @@ pub fn run_turn(
             }
         };
         if calls.is_empty() {
-            conv.messages
-                .push(Message::new(Role::Assistant, content.clone()));
-            return Ok(TurnOutcome::Answered(content));
+            let answer = msg.content.clone();
+            conv.messages.push(msg);
+            return Ok(TurnOutcome::Answered(answer));
         }
-        let mut msg = Message::new(Role::Assistant, content);
         msg.tool_calls = calls.iter().map(ParsedCall::to_tool_call).collect();
         conv.messages.push(msg);
         if capped {
@@ -132,7 +130,7 @@ pub fn run_turn(
                 )
             } else {
                 executed += 1;
-                match execute(tools, &specs, call, cfg) {
+                match execute(tools, call, cfg) {
                     Ok(v) => (truncate(&v.to_string(), cfg.max_result_bytes), false),
                     Err(e) => (error_result(&e), true),
                 }
@@ -148,36 +146,32 @@ pub fn run_turn(
     }
 }
 
-/// The turn's text before its first call (trimmed of the think block, which stays in the text of
-/// the turn the model wrote) and its parsed calls.
-fn split_turn(text: &str) -> (String, Result<Vec<ParsedCall>, String>) {
-    let open = tardbot_tokens::special_tokens::Special::ToolCallOpen.text();
-    let content = match text.find(open) {
-        Some(i) => text[..i].to_string(),
-        None => text.to_string(),
+/// A generated turn as the chat template's assistant message (calls not included): its
+/// `<|think|>…<|/think|>` block as `thinking`, and the text before its first call as `content`, so
+/// that rendering the conversation again gives the control tokens, not their text.
+fn assistant_message(text: &str) -> Message {
+    use tardbot_tokens::special_tokens::Special;
+    let (think_open, think_close) = (Special::ThinkOpen.text(), Special::ThinkClose.text());
+    let (thinking, rest) = match text
+        .strip_prefix(think_open)
+        .and_then(|t| t.split_once(think_close))
+    {
+        Some((thinking, rest)) => (Some(thinking.to_string()), rest),
+        None => (None, text),
     };
-    (content, parse_tool_calls(text).map_err(|e| e.to_string()))
+    let content = match rest.find(Special::ToolCallOpen.text()) {
+        Some(i) => &rest[..i],
+        None => rest,
+    };
+    Message {
+        thinking,
+        ..Message::new(Role::Assistant, content)
+    }
 }
 
 /// Validates and runs one call under the wall-clock limit.
-fn execute(
-    tools: &ToolRegistry,
-    specs: &[tardbot_toolcall::ToolSpec],
-    call: &ParsedCall,
-    cfg: &LoopConfig,
-) -> Result<Value, String> {
-    let Some(tool) = tools.get(&call.name) else {
-        return Err(format!(
-            "unknown tool `{}`; the tools are: {}",
-            call.name,
-            tools.names().join(", ")
-        ));
-    };
-    if let Err(violations) = validate_call(call, specs) {
-        let v: Vec<String> = violations.iter().map(|v| v.to_string()).collect();
-        return Err(format!("invalid arguments: {}", v.join("; ")));
-    }
-    let tool = tool.clone();
+fn execute(tools: &ToolRegistry, call: &ParsedCall, cfg: &LoopConfig) -> Result<Value, String> {
+    let tool = tools.check(call)?.clone();
     let args = call.arguments.clone();
     let (tx, rx) = mpsc::channel();
     let started = Instant::now();

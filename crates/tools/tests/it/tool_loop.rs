@@ -252,3 +252,23 @@ fn a_python_call_runs_in_the_sandbox_and_its_output_comes_back() {
     assert_eq!(result["stdout"], "84\n", "{result}");
     assert_eq!(result["exit_code"], 0);
 }
+
+#[test]
+fn thinking_is_kept_as_thinking_not_as_text() {
+    let tools = ToolRegistry::builtin(&["calculator"]).unwrap();
+    let mut s = Scripted::new(&[
+        &format!(
+            "<|think|>Use the calculator.<|/think|>{}",
+            call("calculator", json!({"expression": "1+1"}))
+        ),
+        "<|think|>It said 2.<|/think|>2.",
+    ]);
+    let (conv, outcome, _) = run(&mut s, &tools, &LoopConfig::default());
+    assert_eq!(outcome, TurnOutcome::Answered("2.".into()));
+    let first = &s.seen[1].messages[1];
+    assert_eq!(first.thinking.as_deref(), Some("Use the calculator."));
+    assert_eq!(first.content, "");
+    let last = conv.messages.last().unwrap();
+    assert_eq!(last.thinking.as_deref(), Some("It said 2."));
+    assert_eq!(last.content, "2.");
+}

@@ -70,7 +70,7 @@ impl SourceModel {
         Ok(t)
     }
 
-    /// Every tensor the config implies is present with its shape, and nothing else is.
+    /// Every tensor the config implies is present, and nothing else is.
     fn check(&self) -> Result<()> {
         let c = &self.config;
         if !c.head_dim().is_multiple_of(2) || c.head_dim() * c.n_heads != c.hidden_size {
@@ -85,14 +85,20 @@ impl SourceModel {
                 ),
             });
         }
-        let shapes = expected_shapes(c);
-        for (name, shape) in &shapes {
-            self.tensor(name, shape)?;
+        // The model crate's own names; shapes are checked where each tensor is read ([`Self::tensor`]).
+        let names = tardbot_model::TardBot::param_names(c);
+        if let Some(missing) = names.iter().find(|n| !self.tensors.contains_key(*n)) {
+            return Err(input_err(
+                &self.weights_path,
+                format!(
+                    "missing tensor `{missing}` (not a TardBot checkpoint of this model.json?)"
+                ),
+            ));
         }
         if let Some(extra) = self
             .tensors
             .keys()
-            .filter(|k| !shapes.iter().any(|(n, _)| n == *k))
+            .filter(|k| names.binary_search(k).is_err())
             .min()
         {
             return Err(input_err(
@@ -113,43 +119,6 @@ impl SourceModel {
         }
         Ok(())
     }
-}
-
-/// Names and shapes of every tensor of a TardBot checkpoint (`crates/model`'s names).
-pub fn expected_shapes(c: &ModelConfig) -> Vec<(String, Vec<usize>)> {
-    let (h, hd, i) = (c.hidden_size, c.head_dim(), c.intermediate_size);
-    let mut v = vec![
-        ("embed.weight".to_string(), vec![c.vocab_size, h]),
-        ("final_norm.weight".to_string(), vec![h]),
-    ];
-    if !c.tie_embeddings {
-        v.push(("lm_head.weight".into(), vec![c.vocab_size, h]));
-    }
-    for l in 0..c.n_layers {
-        let p = format!("layers.{l}");
-        v.push((format!("{p}.attn_norm.weight"), vec![h]));
-        v.push((format!("{p}.mlp_norm.weight"), vec![h]));
-        v.push((format!("{p}.attn.q.weight"), vec![c.n_heads * hd, h]));
-        v.push((format!("{p}.attn.k.weight"), vec![c.n_kv_heads * hd, h]));
-        v.push((format!("{p}.attn.v.weight"), vec![c.n_kv_heads * hd, h]));
-        v.push((format!("{p}.attn.o.weight"), vec![h, c.n_heads * hd]));
-        let mlp = |q: &str| {
-            [
-                (format!("{q}.gate.weight"), vec![i, h]),
-                (format!("{q}.up.weight"), vec![i, h]),
-                (format!("{q}.down.weight"), vec![h, i]),
-            ]
-        };
-        if c.is_moe_layer(l) {
-            v.push((format!("{p}.moe.router.weight"), vec![c.n_experts, h]));
-            for e in 0..c.n_experts {
-                v.extend(mlp(&format!("{p}.moe.experts.{e}")));
-            }
-        } else {
-            v.extend(mlp(&format!("{p}.mlp")));
-        }
-    }
-    v
 }
 
 impl TokenizerFile {

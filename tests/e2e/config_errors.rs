@@ -98,6 +98,13 @@ fn cases() -> Vec<Case> {
             message: "unknown variant",
         },
         Case {
+            name: "an unknown precision",
+            text: base("[execution]\nprecision = \"fp8\"", model, ""),
+            marker: "fp8",
+            field: "`execution.precision`",
+            message: "unknown variant",
+        },
+        Case {
             name: "a backend this binary was built without",
             text: base("[execution]\ndevice = \"cuda\"", model, ""),
             marker: "cuda",

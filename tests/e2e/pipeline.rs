@@ -370,6 +370,53 @@ fn run_all_trains_and_a_sigkilled_run_resumes_bit_exactly() {
     execution_settings_reuse_cached_stages(a.path());
     exports_are_recorded_with_their_lineage(a.path());
     tools_run_from_the_command_line(a.path());
+    serve_answers_over_http(a.path());
+}
+
+/// `serve run-1` loads the run's newest model and answers a chat completion over HTTP; Ctrl-C stops
+/// it cleanly (exit 0). The API itself is tested in `crates/serve/tests`.
+fn serve_answers_over_http(dir: &Path) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut child = cmd(dir, &["serve", "run-1", "--addr", "127.0.0.1:0"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut addr = None;
+    let mut banner = String::new();
+    for _ in 0..20 {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        banner.push_str(&line);
+        if let Some(rest) = line.split("OpenAI API     http://").nth(1) {
+            addr = rest.split('/').next().map(str::to_string);
+            break;
+        }
+    }
+    let addr = addr.unwrap_or_else(|| panic!("no address in the serve banner:\n{banner}"));
+    assert!(banner.contains("run-1/cot"), "{banner}");
+    let body = r#"{"model": "run-1/cot", "max_tokens": 8, "temperature": 0, "messages": [{"role": "user", "content": "What is 2 + 3?"}]}"#;
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        s,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let json = response.split("\r\n\r\n").nth(1).unwrap();
+    let v: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(v["object"], "chat.completion", "{v}");
+    assert!(
+        v["usage"]["completion_tokens"].as_u64().unwrap() <= 8,
+        "{v}"
+    );
+    signal(&child, libc::SIGINT);
+    assert_eq!(child.wait().unwrap().code(), Some(0), "exit after Ctrl-C");
 }
 
 /// `tool` runs one built-in tool (exit 0 with its JSON, 1 for bad arguments, 2 for an unknown tool);

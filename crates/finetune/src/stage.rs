@@ -55,10 +55,15 @@ impl Stage for ChatStage {
             Ok(s) => (serde_json::json!(s.train), s.data),
             Err(_) => (serde_json::Value::Null, serde_json::Value::Null),
         };
-        let device = config.execution.for_stage(self.name()).device;
-        serde_json::json!({
-            self.name(): train, "data": data, "seed": config.seed, "device": device,
-        })
+        // As pretraining's: the device, and the precision unless f32.
+        let exec = config.execution.for_stage(self.name());
+        let mut slice = serde_json::json!({
+            self.name(): train, "data": data, "seed": config.seed, "device": exec.device,
+        });
+        if exec.precision != tardbot_core::config::Precision::F32 {
+            slice["precision"] = serde_json::json!(exec.precision);
+        }
+        slice
     }
 
     fn resources(&self, _config: &PipelineConfig) -> Resources {

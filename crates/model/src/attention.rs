@@ -193,6 +193,12 @@ impl LayerKvCache {
         self.len() == 0
     }
 
+    /// Keys, values and the position of each slot: tests compare caches written different ways.
+    #[cfg(test)]
+    pub(crate) fn parts(&self) -> (Option<&Tensor>, Option<&Tensor>, &[Option<usize>]) {
+        (self.k.as_ref(), self.v.as_ref(), &self.slot_pos)
+    }
+
     /// Writes keys/values (batch, kv_heads, t, head_dim) of positions `pos0..pos0+t` into their slots
     /// (slot = position mod window); only the last `window` positions are kept.
     fn write(&mut self, k: &Tensor, v: &Tensor, pos0: usize, window: usize) -> Result<()> {
@@ -372,25 +378,11 @@ impl Attention {
     ) -> Result<Tensor> {
         let (q, k, v) = self.qkv(x, &ctx.cos, &ctx.sin, ctx.fused)?;
         let t = x.dim(1)?;
-        let q_pos: Vec<usize> = (ctx.pos0..ctx.pos0 + t).collect();
         let y = if t == 1 {
-            // One token: after writing it, the ring holds exactly the keys it may see.
-            cache.write(&k, &v, ctx.pos0, self.window)?;
-            let mask = build_mask(
-                &q_pos,
-                &cache.slot_pos,
-                self.window,
-                None,
-                q.dtype(),
-                q.device(),
-            )?;
-            let (ck, cv) = match (&cache.k, &cache.v) {
-                (Some(a), Some(b)) => (a, b),
-                _ => return Err(ModelError::Input("kv cache not initialised".into())),
-            };
-            self.attend(&q, ck, cv, &mask, ctx.fused)?
+            self.decode((&q, &k, &v), &[ctx.pos0], &mut [cache], ctx.fused)?
         } else {
             // Several tokens: attend over [cache before writing, new keys], then write.
+            let q_pos: Vec<usize> = (ctx.pos0..ctx.pos0 + t).collect();
             let (keys, vals, mut k_pos) = match (&cache.k, &cache.v) {
                 (Some(ck), Some(cv)) => (
                     Tensor::cat(&[ck, &k], 2)?,
@@ -405,6 +397,90 @@ impl Attention {
             cache.write(&k, &v, ctx.pos0, self.window)?;
             y
         };
+        self.merge(y)
+    }
+
+    /// Decoding of one new token per sequence: writes token `i`'s key/value (b, kv_heads, ·, head_dim,
+    /// column `i` of `k`, `v`) at position `pos[i]` into `caches[i]`, then attends with its (scaled,
+    /// rotated) query (column `i` of `q`, (b, n_heads, n, head_dim)) over that ring, which after the
+    /// write holds exactly the keys it may see. Returns (b, n_heads, n, head_dim). On CPU in f32/f64
+    /// one decode kernel call covers all sequences and reads only the filled slots (forward only:
+    /// decoding is inference).
+    fn decode(
+        &self,
+        (q, k, v): (&Tensor, &Tensor, &Tensor),
+        pos: &[usize],
+        caches: &mut [&mut LayerKvCache],
+        fused: bool,
+    ) -> Result<Tensor> {
+        for (i, cache) in caches.iter_mut().enumerate() {
+            cache.write(
+                &k.narrow(2, i, 1)?,
+                &v.narrow(2, i, 1)?,
+                pos[i],
+                self.window,
+            )?;
+        }
+        let ring = |c: &LayerKvCache| match (&c.k, &c.v) {
+            (Some(a), Some(b)) => Ok((a.clone(), b.clone())),
+            _ => Err(ModelError::Input("kv cache not initialised".into())),
+        };
+        if crate::kernels::cpu_float(q) {
+            let visible: Vec<Vec<usize>> = (caches.iter().zip(pos))
+                .map(|(c, &p)| {
+                    (c.slot_pos.iter().enumerate())
+                        .filter(|(_, s)| s.is_some_and(|s| s <= p && p - s < self.window))
+                        .map(|(j, _)| j)
+                        .collect()
+                })
+                .collect();
+            let kv = caches.iter().map(|c| ring(c)).collect::<Result<Vec<_>>>()?;
+            let rings: Vec<crate::kernels::Ring> = (kv.iter().zip(&visible))
+                .map(|((k, v), vis)| crate::kernels::Ring { k, v, visible: vis })
+                .collect();
+            return Ok(crate::kernels::decode_attention(q, &rings)?);
+        }
+        // Other devices: candle ops per sequence over its whole ring, empty slots masked.
+        let mut ys = Vec::with_capacity(caches.len());
+        for (i, c) in caches.iter().enumerate() {
+            let mask = build_mask(
+                &[pos[i]],
+                &c.slot_pos,
+                self.window,
+                None,
+                q.dtype(),
+                q.device(),
+            )?;
+            let (ck, cv) = ring(c)?;
+            ys.push(self.attend(&q.narrow(2, i, 1)?, &ck, &cv, &mask, fused)?);
+        }
+        Ok(Tensor::cat(&ys, 2)?)
+    }
+
+    /// One decode step of `n` independent sequences: `x` (1, n, hidden) holds the normalised new token
+    /// of each, sequence `i` at position `pos[i]` continuing `caches[i]`; `cos`/`sin` (n, head_dim/2)
+    /// hold row `i` at `pos[i]`. The projections run once over all n tokens (the weights are read once);
+    /// only the attention over each sequence's own ring is per sequence. Returns (1, n, hidden).
+    pub fn forward_decode_batch(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        fused: bool,
+        pos: &[usize],
+        caches: &mut [&mut LayerKvCache],
+    ) -> Result<Tensor> {
+        let n = x.dim(1)?;
+        if pos.len() != n || caches.len() != n {
+            return Err(ModelError::Input(format!(
+                "decode batch of {n} tokens with {} positions and {} caches",
+                pos.len(),
+                caches.len()
+            )));
+        }
+        // The n tokens sit in the sequence dimension, so RoPE takes one table row per token.
+        let (q, k, v) = self.qkv(x, cos, sin, fused)?;
+        let y = self.decode((&q, &k, &v), pos, caches, fused)?;
         self.merge(y)
     }
 }

@@ -97,6 +97,26 @@ impl Block {
         Ok(self.ffn(&(x + a)?, ctx.fused)?.0)
     }
 
+    /// One decode step of several sequences, `x` (1, n, hidden): see [`TardBot::forward_decode_batch`].
+    fn forward_decode_batch(
+        &self,
+        x: &Tensor,
+        rope: (&Tensor, &Tensor),
+        fused: bool,
+        pos: &[usize],
+        caches: &mut [&mut LayerKvCache],
+    ) -> Result<Tensor> {
+        let a = self.attn.forward_decode_batch(
+            &rms_norm(x, &self.attn_norm, self.eps, fused)?,
+            rope.0,
+            rope.1,
+            fused,
+            pos,
+            caches,
+        )?;
+        Ok(self.ffn(&(x + a)?, fused)?.0)
+    }
+
     fn quantized(&self) -> Result<Self> {
         let a = &self.attn;
         Ok(Block {
@@ -453,6 +473,62 @@ impl TardBot {
         }
         cache.pos += t;
         self.head(&x)
+    }
+
+    /// One decode step of `n = tokens.len()` independent sequences: `tokens[i]` continues `caches[i]`,
+    /// each at its own position `caches[i].pos`. Returns logits (n, vocab) whose row `i` is what
+    /// `forward_cached` of `[[tokens[i]]]` on `caches[i]` would return, and leaves every cache as that
+    /// call would (its key/value written, `pos` advanced by 1); a cache of another layer count (e.g. a
+    /// default one) is reset first, as `forward_cached` does. Embedding, norms, projections, MLPs,
+    /// router, experts and LM head run once on the n tokens, so weights are read once per step for all
+    /// sequences; RoPE (per-row position) and attention over each sequence's own cache are per sequence.
+    /// The inputs are checked before any cache is touched: no tokens, `tokens.len() != caches.len()` or
+    /// a token outside the vocabulary is an error and changes nothing.
+    pub fn forward_decode_batch(
+        &self,
+        tokens: &[u32],
+        caches: &mut [&mut KvCache],
+    ) -> Result<Tensor> {
+        let n = tokens.len();
+        if n == 0 {
+            return Err(ModelError::Input("decode batch of no tokens".into()));
+        }
+        if caches.len() != n {
+            return Err(ModelError::Input(format!(
+                "decode batch of {n} tokens with {} caches",
+                caches.len()
+            )));
+        }
+        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
+            return Err(ModelError::Input(format!(
+                "token id {t} >= vocab size {}",
+                self.cfg.vocab_size
+            )));
+        }
+        for c in caches.iter_mut() {
+            if c.layers.len() != self.blocks.len() {
+                **c = self.new_cache();
+            }
+        }
+        let pos: Vec<usize> = caches.iter().map(|c| c.pos).collect();
+        let (cos, sin) = crate::ops::rope_tables_at(
+            &pos,
+            self.cfg.head_dim(),
+            self.cfg.rope_theta,
+            self.dtype,
+            &self.device,
+        )?;
+        // The n tokens as one row of n positions: every token-parallel op sees (1, n, hidden).
+        let mut x = self.embed(&Tensor::new(tokens, &self.device)?.unsqueeze(0)?)?;
+        for (l, blk) in self.blocks.iter().enumerate() {
+            let mut layer: Vec<&mut LayerKvCache> =
+                caches.iter_mut().map(|c| &mut c.layers[l]).collect();
+            x = blk.forward_decode_batch(&x, (&cos, &sin), self.fused, &pos, &mut layer)?;
+        }
+        for c in caches.iter_mut() {
+            c.pos += 1;
+        }
+        Ok(self.head(&x)?.squeeze(0)?)
     }
 
     /// Cross-entropy of `out.logits` against `targets` (batch, seq) u32, averaged over positions where

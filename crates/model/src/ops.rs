@@ -17,8 +17,23 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, fused: bool) -> Result<Tensor>
     if crate::kernels::cpu_float(x) {
         return Ok(crate::kernels::rms_norm(x, w, eps)?);
     }
+    if is_half(x) {
+        // bf16/f16 (mixed precision): normalised in f32, as autocast does (x² overflows f16 above 256).
+        let r = rms_norm(
+            &x.to_dtype(DType::F32)?,
+            &w.to_dtype(DType::F32)?,
+            eps,
+            false,
+        )?;
+        return Ok(r.to_dtype(x.dtype())?);
+    }
     let r = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
     Ok(x.broadcast_mul(&r)?.broadcast_mul(w)?)
+}
+
+/// bf16 or f16: the compute types of mixed precision, whose norms and softmaxes run in f32.
+fn is_half(x: &Tensor) -> bool {
+    matches!(x.dtype(), DType::BF16 | DType::F16)
 }
 
 /// Softmax over the last dimension. The max is detached: softmax is shift-invariant, so this is exact and
@@ -26,6 +41,10 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, fused: bool) -> Result<Tensor>
 pub fn softmax(x: &Tensor, fused: bool) -> Result<Tensor> {
     if fused {
         return Ok(candle_nn::ops::softmax_last_dim(x)?);
+    }
+    if is_half(x) {
+        // bf16/f16: in f32 (the sum of many exponentials loses bits in a half type).
+        return Ok(softmax(&x.to_dtype(DType::F32)?, false)?.to_dtype(x.dtype())?);
     }
     let m = x.max_keepdim(D::Minus1)?.detach();
     let e = x.broadcast_sub(&m)?.exp()?;
@@ -47,10 +66,33 @@ pub fn rope_tables(
     dtype: DType,
     device: &candle_core::Device,
 ) -> Result<(Tensor, Tensor)> {
+    rope_tables_of(pos0..pos0 + len, head_dim, theta, dtype, device)
+}
+
+/// Rotary tables whose row `i` is position `positions[i]` (any order, repeats allowed): what batched
+/// decoding needs, one row per sequence at its own position. Same values as [`rope_tables`] row for row.
+pub fn rope_tables_at(
+    positions: &[usize],
+    head_dim: usize,
+    theta: f64,
+    dtype: DType,
+    device: &candle_core::Device,
+) -> Result<(Tensor, Tensor)> {
+    rope_tables_of(positions.iter().copied(), head_dim, theta, dtype, device)
+}
+
+fn rope_tables_of(
+    positions: impl ExactSizeIterator<Item = usize>,
+    head_dim: usize,
+    theta: f64,
+    dtype: DType,
+    device: &candle_core::Device,
+) -> Result<(Tensor, Tensor)> {
     let half = head_dim / 2;
+    let len = positions.len();
     let mut cos = Vec::with_capacity(len * half);
     let mut sin = Vec::with_capacity(len * half);
-    for p in pos0..pos0 + len {
+    for p in positions {
         for i in 0..half {
             let inv = 1.0 / theta.powf((2 * i) as f64 / head_dim as f64);
             let a = p as f64 * inv;

@@ -1,5 +1,6 @@
 //! Model-level tests: parameter counts against real tensors, finite-difference gradients, the banded
-//! mask, KV-cache decoding, safetensors round trip, int8 accuracy, generation.
+//! mask, KV-cache decoding, safetensors round trip, int8 accuracy, generation; batched decoding in
+//! `tests/batch_decode.rs`.
 
 use candle_core::{DType, Device, Tensor, backprop::GradStore};
 use tardbot_core::ModelConfig;
@@ -8,6 +9,8 @@ use crate::attention::AttnCtx;
 use crate::test_util::{ids, max_abs_diff_as_f64, micro};
 use crate::*;
 use tardbot_core::memory::{peak_rss_bytes, rss_bytes};
+
+mod batch_decode;
 
 #[test]
 fn param_counts_match_real_tensors() {

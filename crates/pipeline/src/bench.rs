@@ -111,6 +111,8 @@ pub struct TrainBenchArgs {
     pub peer_python: Option<std::path::PathBuf>,
     /// The peer script (`shared/bench/torch_ref.py`).
     pub peer_script: std::path::PathBuf,
+    /// Run the peer with `torch.compile`.
+    pub peer_compile: bool,
     /// Also measure the peak RSS of one step with and without activation checkpointing, each in a
     /// fresh process.
     pub memory: bool,
@@ -223,7 +225,14 @@ pub async fn train(args: TrainBenchArgs) -> anyhow::Result<serde_json::Value> {
             .args(["--batch", &args.opts.batch.to_string()])
             .args(["--seq", &args.opts.seq.to_string()])
             .args(["--steps", &args.opts.steps.to_string()])
-            .args(["--threads", &threads.to_string()]);
+            .args(["--threads", &threads.to_string()])
+            .args(["--device", args.opts.device.name()]);
+        if args.opts.precision == tardbot_core::config::Precision::Bf16 {
+            cmd.arg("--bf16");
+        }
+        if args.peer_compile {
+            cmd.arg("--compile");
+        }
         let out = cmd
             .output()
             .with_context(|| format!("running the peer {cmd:?}"))?;

@@ -123,6 +123,29 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Serve a run's model over an OpenAI-compatible HTTP API (`/v1/chat/completions`, `/v1/models`,
+    /// streaming, tool calls), with a web chat page at `/` and Prometheus metrics at `/metrics`.
+    Serve {
+        run: String,
+        /// Which stage's model (default: the newest finished training stage).
+        #[arg(long)]
+        stage: Option<String>,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: SocketAddr,
+        /// Built-in tools the server runs itself, comma-separated (e.g. `python,calculator`); tools a
+        /// request brings are returned to its client as `tool_calls`.
+        #[arg(long, value_delimiter = ',')]
+        tools: Vec<String>,
+        /// Sequences decoded together (batched decode).
+        #[arg(long, default_value_t = 16)]
+        max_batch: usize,
+        /// Requests admitted at once (decoding or queued); more are answered 429.
+        #[arg(long, default_value_t = 64)]
+        max_requests: usize,
+        /// Decode one sequence per forward pass (for comparison with batched decode).
+        #[arg(long)]
+        no_batching: bool,
+    },
     /// Run one built-in tool directly and print its JSON result (exit 0), or its error (exit 1): a
     /// check of a machine's tool setup.
     Tool {
@@ -166,17 +189,18 @@ pub struct GenerateArgs {
 }
 
 impl GenerateArgs {
-    /// `python` is the `[tools.python]` sandbox of the pipeline file.
+    /// `settings` are the pipeline file's `[tools.*]` (`python`'s sandbox, `search`'s backend,
+    /// `browser`'s hosts).
     fn options(
         &self,
-        python: &tardbot_tools::python::SandboxConfig,
+        settings: &tardbot_tools::ToolSettings,
     ) -> anyhow::Result<inference::GenerateOptions> {
         let tools = if self.tools.is_empty() {
             None
         } else {
             let names: Vec<&str> = self.tools.iter().map(String::as_str).collect();
             Some(
-                tardbot_tools::ToolRegistry::builtin_with(&names, python)
+                tardbot_tools::ToolRegistry::builtin_with(&names, settings)
                     .map_err(anyhow::Error::msg)?,
             )
         };
@@ -235,6 +259,24 @@ pub enum BenchWhat {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// The API server under concurrent streamed clients (1, 8, 32 by default) for a fixed time each,
+    /// batched decode on and off: requests completed, p50/p99 time to first token and latency,
+    /// aggregate tokens/s. Random weights of the preset; run from the repository (reads data/sample).
+    Serve {
+        #[arg(long, default_value = "tiny")]
+        preset: String,
+        #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+        clients: Vec<usize>,
+        #[arg(long, default_value_t = 20.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 64)]
+        max_tokens: usize,
+        #[arg(long, default_value_t = 32)]
+        max_batch: usize,
+        /// Rounds of on/off pairs (order alternating); the ratio is the median over rounds.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// Training steps (forward, backward, AdamW) on random tokens, fp32 CPU: tokens/s, MFU, time per
     /// phase, peak RSS; with `--peer PYTHON`, the PyTorch peer (`torch_ref.py`) with the same shapes
     /// back to back and the ratio ours / PyTorch.
@@ -276,6 +318,23 @@ pub enum BenchWhat {
         /// Train on learnable sequences instead of random tokens (the loss falls).
         #[arg(long)]
         learnable: bool,
+        /// auto | cpu | cuda | metal, as `[execution] device` (the peer runs on the same device).
+        #[arg(long, default_value = "cpu", value_parser = parse_device)]
+        device: tardbot_core::config::Device,
+        /// f32 | bf16 | f16, as `[execution] precision` (the peer gets `--bf16` with bf16).
+        #[arg(long, default_value = "f32", value_parser = tardbot_core::config::Precision::parse)]
+        precision: tardbot_core::config::Precision,
+        /// Run the peer with `torch.compile` (`--compile`).
+        #[arg(long)]
+        peer_compile: bool,
+    },
+    /// Tool latency on this machine, loopback only: a sandboxed Python call (cold), a `search`
+    /// against a recorded DuckDuckGo page served on 127.0.0.1, a browser page load on 127.0.0.1
+    /// (fresh Chromium, and in the running one); median, min, max over the rounds. Each is skipped,
+    /// with a message, where bubblewrap or Chromium is missing.
+    Tools {
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
     },
     /// Expert swapping: training steps with every expert resident and with `max_experts_in_memory`
     /// (default 1) experts in memory, each in a fresh process: step-time ratio, peak RSS against the
@@ -366,16 +425,14 @@ fn load_config(registry: &Registry, path: &Path) -> Result<(PipelineConfig, Stri
     }
 }
 
-/// The python tool's sandbox from the pipeline file's `[tools.python]`; the defaults when the file
-/// does not exist (tools need no pipeline), exit code 2 when it is invalid.
-fn python_sandbox(
-    registry: &Registry,
-    config: &Path,
-) -> Result<tardbot_tools::python::SandboxConfig, u8> {
+/// The built-in tools' settings from the pipeline file's `[tools.python]`, `[tools.search]` and
+/// `[tools.browser]`; the defaults when the file does not exist (tools need no pipeline), exit code
+/// 2 when it is invalid.
+fn tool_settings(registry: &Registry, config: &Path) -> Result<tardbot_tools::ToolSettings, u8> {
     if !config.exists() {
-        return Ok(tardbot_tools::python::SandboxConfig::default());
+        return Ok(tardbot_tools::ToolSettings::default());
     }
-    load_config(registry, config).map(|(c, _)| Registry::python_sandbox(&c))
+    load_config(registry, config).map(|(c, _)| Registry::tool_settings(&c))
 }
 
 fn workspace(
@@ -502,11 +559,11 @@ async fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<u8> {
             let (ledger, run) = inference::open_run(&ws, &run).await?;
             let m =
                 inference::load_run_model(&registry, &ledger, &run, opts.stage.as_deref()).await?;
-            let python = match python_sandbox(&registry, &cli.config) {
-                Ok(p) => p,
+            let settings = match tool_settings(&registry, &cli.config) {
+                Ok(s) => s,
                 Err(code) => return Ok(code),
             };
-            inference::generate(&m, &prompt, &opts.options(&python)?)?;
+            inference::generate(&m, &prompt, &opts.options(&settings)?)?;
             Ok(0)
         }
         Command::Chat { run, opts } => {
@@ -517,15 +574,48 @@ async fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<u8> {
             let (ledger, run) = inference::open_run(&ws, &run).await?;
             let m =
                 inference::load_run_model(&registry, &ledger, &run, opts.stage.as_deref()).await?;
-            let python = match python_sandbox(&registry, &cli.config) {
-                Ok(p) => p,
+            let settings = match tool_settings(&registry, &cli.config) {
+                Ok(s) => s,
                 Err(code) => return Ok(code),
             };
-            inference::chat(&m, &opts.options(&python)?)?;
+            inference::chat(&m, &opts.options(&settings)?)?;
             Ok(0)
         }
-        Command::Tool { name, args } => match python_sandbox(&registry, &cli.config) {
-            Ok(python) => Ok(crate::tools::run_one(&name, &args, &python)),
+        Command::Serve {
+            run,
+            stage,
+            addr,
+            tools,
+            max_batch,
+            max_requests,
+            no_batching,
+        } => {
+            let ws = match workspace(&registry, &cli.workspace, &cli.config) {
+                Ok(ws) => ws,
+                Err(code) => return Ok(code),
+            };
+            let settings = match tool_settings(&registry, &cli.config) {
+                Ok(s) => s,
+                Err(code) => return Ok(code),
+            };
+            let names: Vec<&str> = tools.iter().map(String::as_str).collect();
+            let tools =
+                tardbot_serve::ServerTools::new(&names, settings).map_err(anyhow::Error::msg)?;
+            if max_batch == 0 || max_requests == 0 {
+                anyhow::bail!("--max-batch and --max-requests must be at least 1");
+            }
+            let (ledger, run) = inference::open_run(&ws, &run).await?;
+            let m = inference::load_run_model(&registry, &ledger, &run, stage.as_deref()).await?;
+            let engine = tardbot_serve::EngineConfig {
+                max_batch,
+                max_requests,
+                batched: !no_batching,
+            };
+            crate::serve::serve(&run.name, m, addr, tools, engine).await?;
+            Ok(0)
+        }
+        Command::Tool { name, args } => match tool_settings(&registry, &cli.config) {
+            Ok(settings) => Ok(crate::tools::run_one(&name, &args, &settings)),
             Err(code) => Ok(code),
         },
         Command::Export {
@@ -697,6 +787,17 @@ async fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<u8> {
                         }
                     }
                 }
+                BenchWhat::Serve {
+                    preset,
+                    clients,
+                    seconds,
+                    max_tokens,
+                    max_batch,
+                    rounds,
+                } => {
+                    crate::serve::bench(&preset, clients, seconds, max_tokens, max_batch, rounds)
+                        .await?
+                }
                 BenchWhat::Train {
                     preset,
                     batch,
@@ -711,6 +812,9 @@ async fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<u8> {
                     memory,
                     max_experts_in_memory,
                     learnable,
+                    device,
+                    precision,
+                    peer_compile,
                 } => bench::train(bench::TrainBenchArgs {
                     opts: tardbot_train::BenchTrainOptions {
                         preset,
@@ -724,13 +828,26 @@ async fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<u8> {
                         seed: 0,
                         max_experts_in_memory,
                         learnable,
+                        device: device.resolve().with_context(|| {
+                            format!(
+                                "this tardbot-pipeline was built without the `{}` backend",
+                                device.name()
+                            )
+                        })?,
+                        precision,
                     },
                     peer_python: peer,
                     peer_script,
+                    peer_compile,
                     memory,
                 })
                 .await
                 .context("training benchmark")?,
+                BenchWhat::Tools { rounds } => {
+                    tokio::task::spawn_blocking(move || crate::bench_tools::tools(rounds))
+                        .await?
+                        .context("tools benchmark")?
+                }
                 BenchWhat::Experts {
                     preset,
                     batch,
@@ -825,4 +942,10 @@ impl LiveMetrics {
             let _ = task.await;
         }
     }
+}
+
+/// `--device`: the names of `[execution] device`.
+fn parse_device(s: &str) -> Result<tardbot_core::config::Device, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_string()))
+        .map_err(|_| format!("unknown device `{s}`; one of: auto, cpu, cuda, metal"))
 }

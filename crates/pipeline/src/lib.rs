@@ -6,6 +6,7 @@
 //! - [`lock`]: the run lock that keeps two processes from driving one run.
 //! - [`report`]: `status` and `runs` tables.
 //! - [`inference`]: `generate`, `chat` and `eval` on the model a run produced.
+//! - [`serve`]: `serve`, the run's model behind the OpenAI-compatible API of `tardbot-serve`.
 //! - [`bench`]: `tardbot-pipeline bench WHAT`, the one home of every benchmark.
 //! - [`cli`]: argument parsing and the commands.
 //! - [`runtime`]: process-wide CPU settings (candle's element-wise pool, mimalloc) applied by `main`.
@@ -14,6 +15,7 @@
 //! artifacts and the ledger; [`registry`] lists the ones this binary ships.
 
 pub mod bench;
+pub mod bench_tools;
 pub mod cli;
 pub mod dag;
 pub mod export;
@@ -24,5 +26,6 @@ pub mod orchestrator;
 pub mod registry;
 pub mod report;
 pub mod runtime;
+pub mod serve;
 pub mod tools;
 pub mod workspace;

@@ -57,11 +57,33 @@ impl Registry {
         let mut owned: Vec<String> = self.stages.iter().flat_map(|s| s.tables()).collect();
         // Not a stage's: the tools' settings (`generate`/`chat --tools`, `tool`).
         owned.push("tools.python".to_string());
+        owned.push("tools.search".to_string());
+        owned.push("tools.browser".to_string());
+        match browser_settings(config) {
+            Ok(settings) => {
+                let mut p = Problems::default();
+                for (field, message) in settings.problems() {
+                    p.push(&format!("tools.browser.{field}"), message);
+                }
+                problems.extend(config.locate(p));
+            }
+            Err(e) => problems.extend(e.problems().iter().cloned()),
+        }
         match python_settings(config) {
             Ok(settings) => {
                 let mut p = Problems::default();
                 for (field, message) in settings.problems() {
                     p.push(&format!("tools.python.{field}"), message);
+                }
+                problems.extend(config.locate(p));
+            }
+            Err(e) => problems.extend(e.problems().iter().cloned()),
+        }
+        match search_settings(config) {
+            Ok(settings) => {
+                let mut p = Problems::default();
+                for (field, message) in settings.problems() {
+                    p.push(&format!("tools.search.{field}"), message);
                 }
                 problems.extend(config.locate(p));
             }
@@ -105,11 +127,20 @@ impl Registry {
         problems
     }
 
-    /// The python tool's sandbox as `[tools.python]` configures it (defaults without the section).
-    pub fn python_sandbox(config: &PipelineConfig) -> tardbot_tools::python::SandboxConfig {
-        python_settings(config)
-            .map(|s| s.sandbox_config())
-            .unwrap_or_default()
+    /// The built-in tools' settings: the python tool's sandbox as `[tools.python]` configures it,
+    /// the search tool's backend as `[tools.search]` does (defaults without the sections).
+    pub fn tool_settings(config: &PipelineConfig) -> tardbot_tools::ToolSettings {
+        tardbot_tools::ToolSettings {
+            python: python_settings(config)
+                .map(|s| s.sandbox_config())
+                .unwrap_or_default(),
+            search: search_settings(config)
+                .map(|s| s.search_config())
+                .unwrap_or_default(),
+            browser: browser_settings(config)
+                .map(|s| s.browser_config())
+                .unwrap_or_default(),
+        }
     }
 
     /// Loads a pipeline file and checks it with every stage: all problems at once.
@@ -155,6 +186,24 @@ fn python_settings(
 ) -> Result<tardbot_tools::settings::PythonSettings, tardbot_core::config::ConfigError> {
     Ok(config
         .section::<tardbot_tools::settings::PythonSettings>(&["tools", "python"])?
+        .unwrap_or_default())
+}
+
+/// `[tools.search]`, parsed with line numbers for its errors.
+fn search_settings(
+    config: &PipelineConfig,
+) -> Result<tardbot_tools::settings::SearchSettings, tardbot_core::config::ConfigError> {
+    Ok(config
+        .section::<tardbot_tools::settings::SearchSettings>(&["tools", "search"])?
+        .unwrap_or_default())
+}
+
+/// `[tools.browser]`, parsed with line numbers for its errors.
+fn browser_settings(
+    config: &PipelineConfig,
+) -> Result<tardbot_tools::settings::BrowserSettings, tardbot_core::config::ConfigError> {
+    Ok(config
+        .section::<tardbot_tools::settings::BrowserSettings>(&["tools", "browser"])?
         .unwrap_or_default())
 }
 
@@ -247,5 +296,62 @@ mod tests {
         let err = load(&stages(), rest).unwrap_err();
         let fields: Vec<&str> = err.problems().iter().map(|p| p.field.as_str()).collect();
         assert_eq!(fields, ["echo", "data.echo"], "{err}");
+    }
+
+    #[test]
+    fn tools_search_is_read_and_checked_with_the_file() {
+        let cfg = load(
+            &stages(),
+            "[tools.python]\ntimeout_s = 5\n[tools.search]\nbase_url = \"http://127.0.0.1:9/html/\"\n\
+             timeout_s = 2.5\nmax_results = 3\n",
+        )
+        .expect("valid");
+        let t = Registry::tool_settings(&cfg);
+        assert_eq!(t.search.base_url, "http://127.0.0.1:9/html/");
+        assert_eq!(t.search.timeout, std::time::Duration::from_millis(2500));
+        assert_eq!(t.search.max_results, 3);
+        assert_eq!(t.python.timeout, std::time::Duration::from_secs(5));
+        let d = Registry::tool_settings(&load(&stages(), "").expect("valid"));
+        assert_eq!(d.search, tardbot_tools::search::SearchConfig::default());
+        let err = load(
+            &stages(),
+            "[tools.search]\nbase_url = \"duckduckgo\"\nmax_results = 0\n",
+        )
+        .unwrap_err();
+        let fields: Vec<&str> = err.problems().iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["tools.search.base_url", "tools.search.max_results"],
+            "{err}"
+        );
+        let err = load(&stages(), "[tools.search]\nbackend = \"bing\"\n").unwrap_err();
+        assert!(err.to_string().contains("backend"), "{err}");
+    }
+
+    #[test]
+    fn tools_browser_is_owned_parsed_and_checked() {
+        let ok = "[tools.browser]\nallowed_hosts = [\"127.0.0.1\"]\ntimeout_s = 5\n";
+        let cfg = load(&stages(), ok).expect("valid");
+        let settings = Registry::tool_settings(&cfg);
+        assert_eq!(settings.browser.allowed_hosts, ["127.0.0.1"]);
+        assert_eq!(settings.browser.timeout, std::time::Duration::from_secs(5));
+        let err = load(
+            &stages(),
+            "[tools.browser]\nallowed_hosts = [\"http://x.org\"]\nmax_text_kib = 0\nhosts = 1\n",
+        )
+        .unwrap_err();
+        let fields: Vec<&str> = err.problems().iter().map(|p| p.field.as_str()).collect();
+        assert!(fields.contains(&"tools.browser.hosts"), "{err}");
+        let err = load(
+            &stages(),
+            "[tools.browser]\nallowed_hosts = [\"http://x.org\"]\nmax_text_kib = 0\n",
+        )
+        .unwrap_err();
+        let fields: Vec<&str> = err.problems().iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["tools.browser.allowed_hosts", "tools.browser.max_text_kib"],
+            "{err}"
+        );
     }
 }

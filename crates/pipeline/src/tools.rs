@@ -5,10 +5,10 @@ use serde_json::Value;
 use tardbot_toolcall::ParsedCall;
 use tardbot_tools::ToolRegistry;
 
-/// Prints the result (exit 0) or the error (exit 1; 2 for a bad command line). `python` runs in the
-/// sandbox `[tools.python]` configures.
-pub fn run_one(name: &str, args: &str, python: &tardbot_tools::python::SandboxConfig) -> u8 {
-    let registry = match ToolRegistry::builtin_with(&[name], python) {
+/// Prints the result (exit 0) or the error (exit 1; 2 for a bad command line). The tools are built
+/// as `[tools.*]` configures them (`python`'s sandbox, `search`'s backend, `browser`'s hosts).
+pub fn run_one(name: &str, args: &str, settings: &tardbot_tools::ToolSettings) -> u8 {
+    let registry = match ToolRegistry::builtin_with(&[name], settings) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");

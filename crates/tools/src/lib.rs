@@ -8,18 +8,24 @@
 //!   call. Every failure (malformed call, unknown tool, invalid arguments, a tool's error, a timeout,
 //!   the per-turn call cap) comes back to the model as an error result: a session never dies of a tool.
 //! - [`python`]: Python in a sandboxed child process (never in ours).
+//! - [`browser`]: one headless Chromium per session (read, links, click, fill and submit), public
+//!   hosts by default, loopback and private ones only when configured.
 //! - [`local`]: the toolcall stage's calculator, unit converter and element lookup.
+//! - [`search`]: web search (DuckDuckGo's HTML endpoint, its base URL configurable).
 //!
 //! This crate does not generate text: the loop takes an [`tool_loop::Assistant`] (the pipeline wraps
 //! a trained model in one; tests script one), so it has no model or tokenizer dependency.
 
+pub mod browser;
 pub mod local;
 pub mod python;
 pub mod registry;
+pub mod search;
 pub mod settings;
 pub mod tool;
 pub mod tool_loop;
 
 pub use registry::ToolRegistry;
+pub use settings::ToolSettings;
 pub use tool::{Tool, ToolError};
 pub use tool_loop::{Assistant, LoopConfig, LoopEvent, TurnOutcome, run_turn};

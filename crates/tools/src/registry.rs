@@ -5,7 +5,14 @@ use std::sync::Arc;
 use tardbot_toolcall::{ParsedCall, ToolSpec, validate_call};
 
 /// Names [`ToolRegistry::builtin`] knows.
-pub const BUILTIN: &[&str] = &["calculator", "convert_units", "element_lookup", "python"];
+pub const BUILTIN: &[&str] = &[
+    "browser",
+    "calculator",
+    "convert_units",
+    "element_lookup",
+    "python",
+    "search",
+];
 
 /// Tools by name, in the order they are offered to the model.
 #[derive(Clone, Default)]
@@ -60,24 +67,32 @@ impl ToolRegistry {
         self.tools.is_empty()
     }
 
-    /// The built-in tools of these names ([`BUILTIN`]; `python` with the default
-    /// [`SandboxConfig`](crate::python::SandboxConfig)); an unknown name is an error listing the known
-    /// ones.
+    /// The built-in tools of these names ([`BUILTIN`]; with the default
+    /// [`ToolSettings`](crate::settings::ToolSettings)); an unknown name is an error listing the
+    /// known ones.
     pub fn builtin(names: &[&str]) -> Result<ToolRegistry, String> {
-        ToolRegistry::builtin_with(names, &crate::python::SandboxConfig::default())
+        ToolRegistry::builtin_with(names, &crate::settings::ToolSettings::default())
     }
 
-    /// [`ToolRegistry::builtin`] with `python`'s sandbox as configured (`[tools.python]`).
+    /// [`ToolRegistry::builtin`] with the tools as configured: `python`'s sandbox
+    /// (`[tools.python]`), `search`'s backend (`[tools.search]`), the hosts `browser` may open
+    /// (`[tools.browser]`).
     pub fn builtin_with(
         names: &[&str],
-        python: &crate::python::SandboxConfig,
+        settings: &crate::settings::ToolSettings,
     ) -> Result<ToolRegistry, String> {
         let mut r = ToolRegistry::new();
         for &name in names {
             let tool: Arc<dyn Tool> = match tardbot_toolcall::tools::LocalTool::by_name(name) {
                 Some(t) => Arc::new(crate::local::Local(t)),
                 None if name == "python" => {
-                    Arc::new(crate::python::PythonTool::new(python.clone()))
+                    Arc::new(crate::python::PythonTool::new(settings.python.clone()))
+                }
+                None if name == "search" => {
+                    Arc::new(crate::search::SearchTool::new(&settings.search))
+                }
+                None if name == "browser" => {
+                    Arc::new(crate::browser::BrowserTool::new(settings.browser.clone()))
                 }
                 None => {
                     return Err(format!(

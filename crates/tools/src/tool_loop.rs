@@ -7,6 +7,10 @@
 //! turn to answer), results longer than [`LoopConfig::max_result_bytes`] are cut and marked, and a
 //! call that runs past [`LoopConfig::call_timeout`] is answered with a timeout error (the tool's
 //! thread is left to finish on its own; tools bound their own run time).
+//!
+//! Calls of [`LoopConfig::client_tools`] are not run here: the loop runs the turn's other calls, then
+//! ends with [`TurnOutcome::ClientCalls`] for the caller (the API server returns them to its client
+//! as `tool_calls`; the client sends their results back in its next request).
 
 use crate::registry::ToolRegistry;
 use serde_json::{Value, json};
@@ -32,6 +36,8 @@ pub struct LoopConfig {
     pub max_result_bytes: usize,
     /// Wall-clock limit of one call.
     pub call_timeout: Duration,
+    /// Tools the caller runs itself (see the module doc); not in the registry.
+    pub client_tools: Vec<String>,
 }
 
 impl Default for LoopConfig {
@@ -40,6 +46,7 @@ impl Default for LoopConfig {
             max_calls: 6,
             max_result_bytes: 4096,
             call_timeout: Duration::from_secs(30),
+            client_tools: Vec::new(),
         }
     }
 }
@@ -66,6 +73,8 @@ pub enum TurnOutcome {
     Answered(String),
     /// The call cap was reached and the model still called tools in its last turn.
     CallCapReached,
+    /// The turn called tools of [`LoopConfig::client_tools`]: these calls, in order, for the caller.
+    ClientCalls(Vec<ParsedCall>),
 }
 
 /// Runs the loop for the conversation's last (user or tool) turn; appends every assistant and
@@ -114,6 +123,9 @@ pub fn run_turn(
         if capped {
             return Ok(TurnOutcome::CallCapReached);
         }
+        let (client, calls): (Vec<ParsedCall>, Vec<ParsedCall>) = calls
+            .into_iter()
+            .partition(|c| cfg.client_tools.contains(&c.name));
         for call in &calls {
             on_event(&LoopEvent::Call {
                 name: call.name.clone(),
@@ -141,6 +153,9 @@ pub fn run_turn(
                 error,
             });
             conv.messages.push(Message::new(Role::Tool, result));
+        }
+        if !client.is_empty() {
+            return Ok(TurnOutcome::ClientCalls(client));
         }
         capped |= executed >= cfg.max_calls;
     }

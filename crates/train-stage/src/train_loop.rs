@@ -88,6 +88,16 @@ pub fn train_loop(
             .collect::<Result<_, _>>()
             .map_err(StageError::failed)?;
         let report = trainer.train_step(&micro).map_err(StageError::failed)?;
+        if report.rejected && report.overflow && report.loss_scale.is_some_and(|s| s > 1.0) {
+            // f16: the scaled gradients overflowed; the loss scale halved and the step is retried
+            // on the next batch (as PyTorch's GradScaler does). Not a divergence while the scale
+            // is above 1 — below that, a NaN/Inf is the model's own and counts as a bad step.
+            ctx.event(
+                "loss_scale_backoff",
+                serde_json::json!({ "step": trainer.step + 1, "loss_scale": report.loss_scale }),
+            )?;
+            continue;
+        }
         if report.rejected {
             bad_steps += 1;
             ctx.event(
@@ -166,6 +176,10 @@ fn log_step(ctx: &StageContext, step: u64, r: &StepReport, seconds: f64, flops_p
             tokens_per_s * flops_per_token / (fma_peak_gflops() * 1e9),
         ),
     ];
+    // f16 only: the dynamic loss scale of the step (its halvings are `loss_scale_backoff` events).
+    if let Some(scale) = r.loss_scale {
+        values.push(("loss_scale".into(), scale));
+    }
     for (layer, counts) in r.expert_counts.iter().enumerate() {
         let total: u64 = counts.iter().sum();
         let mut entropy = 0.0;

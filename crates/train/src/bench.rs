@@ -36,6 +36,10 @@ pub struct BenchTrainOptions {
     pub max_experts_in_memory: Option<usize>,
     /// Train on a learnable batch (arithmetic sequences) instead of random tokens, so the loss falls.
     pub learnable: bool,
+    /// Where the steps run (`[execution] device`; only the CPU trains today).
+    pub device: tardbot_core::config::Device,
+    /// Compute precision (`[execution] precision`).
+    pub precision: tardbot_core::config::Precision,
 }
 
 impl Default for BenchTrainOptions {
@@ -52,6 +56,8 @@ impl Default for BenchTrainOptions {
             seed: 0,
             max_experts_in_memory: None,
             learnable: false,
+            device: tardbot_core::config::Device::Cpu,
+            precision: tardbot_core::config::Precision::F32,
         }
     }
 }
@@ -133,6 +139,8 @@ fn run(opts: &BenchTrainOptions) -> Result<serde_json::Value> {
     let exec = Execution {
         max_experts_in_memory: opts.max_experts_in_memory,
         activation_checkpointing: opts.activation_checkpointing,
+        device: opts.device,
+        precision: opts.precision,
         ..Execution::cpu()
     };
     let rss_before_model = peak_rss_mib();
@@ -320,8 +328,9 @@ fn run(opts: &BenchTrainOptions) -> Result<serde_json::Value> {
         "bench": "train",
         "preset": opts.preset,
         "params_m": params.total as f64 / 1e6,
-        "device": "cpu",
-        "dtype": "f32",
+        "device": opts.device.name(),
+        "dtype": opts.precision.name(),
+        "loss_scale": last.loss_scale,
         "batch": opts.batch,
         "seq": opts.seq,
         "steps": opts.steps,

@@ -25,8 +25,14 @@
 //! a time, and [`optim::AdamW`] updates their regions in place with the resident parameters' step and
 //! clip scale.
 //!
+//! - Mixed precision (`[execution] precision`): bf16/f16 forward and backward from a compute copy of
+//!   f32 master weights, f32 gradient accumulation, f32 AdamW moments; f16 with dynamic loss scaling
+//!   ([`scaler`]). On the CPU candle computes bf16/f16 itself (the fused f32 kernels of
+//!   `tardbot-model` step aside for its differentiable compositions).
+//!
 //! What it does not do: run inside a pipeline (the loop over a stage's context, with ledger records,
-//! is `tardbot-train-stage`), load data (the stages do), or mixed precision (yet: fp32 only on CPU).
+//! is `tardbot-train-stage`), load data (the stages do), or train on another device than the CPU
+//! (yet: the `cuda` build has candle's CUDA backend, the trainer refuses `device = "cuda"`).
 
 pub mod batch;
 pub mod bench;
@@ -35,6 +41,7 @@ mod error;
 pub mod expert_checkpoint;
 pub mod optim;
 pub mod peak;
+pub mod scaler;
 pub mod schedule;
 pub mod trainer;
 
@@ -45,5 +52,6 @@ pub use batch::{batch_tensors, fixed_batches};
 pub use bench::{BenchTrainOptions, bench_train};
 pub use checkpoint::{CheckpointDir, CheckpointError};
 pub use optim::{AdamW, AdamWConfig, OptimError};
+pub use scaler::LossScaler;
 pub use schedule::LrSchedule;
 pub use trainer::{StepReport, StepTimings, TokenBatch, TrainError, Trainer};

@@ -168,11 +168,27 @@ impl AdamW {
         lr: f64,
         clip: f64,
     ) -> Result<()> {
-        let scale = if clip > 0.0 && norm > clip {
+        self.step_with_norm_scaled(grads, store, norm, lr, clip, 1.0)
+    }
+
+    /// [`AdamW::step_with_norm`] for gradients `unscale⁻¹` times too large (those of a scaled loss,
+    /// f16 loss scaling): each gradient is multiplied by `unscale` (and the clip factor) as the
+    /// update reads it. `norm` is the norm of the unscaled gradients.
+    pub fn step_with_norm_scaled(
+        &mut self,
+        grads: &GradStore,
+        store: Option<&ExpertStore>,
+        norm: f64,
+        lr: f64,
+        clip: f64,
+        unscale: f64,
+    ) -> Result<()> {
+        let clip_scale = if clip > 0.0 && norm > clip {
             clip / norm
         } else {
             1.0
         };
+        let scale = clip_scale * unscale;
         self.t += 1;
         for i in 0..self.params.len() {
             let hyper = self.hyper(lr, self.params[i].decay, scale);

@@ -6,8 +6,17 @@
 //!
 //! Building a trainer (model, expert store, weights, optimizer) is in `build`; the segmented backward
 //! of activation checkpointing in `segmented`.
+//!
+//! Mixed precision (`[execution] precision = "bf16" | "f16"`): `varmap` holds the f32 master weights,
+//! which AdamW (f32 moments) updates and checkpoints hold; the model computes with a copy of them in
+//! the compute type, cast from the masters after every update. Each micro-batch's gradients (of the
+//! compute copy) are converted to f32 and accumulated in f32 under the masters. Under f16 the loss is
+//! scaled ([`LossScaler`]): the gradients are unscaled in f32 (folded into the optimizer's gradient
+//! multiplier: the scale is a power of two, so this is exact), and a step whose scaled gradients
+//! overflow is skipped and the scale halved.
 
 use crate::optim::AdamW;
+use crate::scaler::LossScaler;
 use crate::schedule::LrSchedule;
 use crate::{checkpoint, expert_checkpoint};
 use candle_core::backprop::GradStore;
@@ -15,6 +24,7 @@ use candle_core::{DType, Tensor, Var};
 use candle_nn::VarMap;
 use std::path::Path;
 use std::time::Instant;
+use tardbot_core::config::Precision;
 use tardbot_model::{ExpertStore, TardBot, load_safetensors_into, named_vars, save_safetensors};
 
 pub use crate::error::{Result, TrainError};
@@ -48,6 +58,11 @@ pub struct StepReport {
     pub expert_counts: Vec<Vec<u64>>,
     /// The loss or a gradient was NaN/Inf: no update was applied.
     pub rejected: bool,
+    /// f16: the loss scale this step's backward used (`None` in f32 and bf16).
+    pub loss_scale: Option<f64>,
+    /// f16: the step was rejected because its scaled gradients overflowed, and the loss scale was
+    /// halved (the usual start of an f16 run, not a divergence; the next steps use the new scale).
+    pub overflow: bool,
     /// Where the step's time went.
     pub timings: StepTimings,
 }
@@ -65,8 +80,17 @@ pub struct StepTimings {
 }
 
 pub struct Trainer {
+    /// The model; under mixed precision it computes with the compute copy of the weights.
     pub model: TardBot,
+    /// The weights the optimizer updates and checkpoints hold: f32 (under mixed precision, the
+    /// master weights).
     pub varmap: VarMap,
+    /// Compute precision ([`Precision`]).
+    pub precision: Precision,
+    /// Under bf16/f16: the weights the model computes with, cast from `varmap` after every update.
+    compute: Option<ComputeCopy>,
+    /// Under f16: dynamic loss scaling.
+    loss_scaler: Option<LossScaler>,
     opt: AdamW,
     schedule: LrSchedule,
     grad_clip: f64,
@@ -83,11 +107,22 @@ pub struct Trainer {
     pub best: Option<(u64, f64)>,
 }
 
+/// The compute copy of mixed precision: its own variables, paired with the masters by name.
+struct ComputeCopy {
+    /// Owns the compute variables (the model's).
+    _varmap: VarMap,
+    /// (master, compute copy), in name order.
+    pairs: Vec<(Var, Var)>,
+}
+
 /// What a checkpoint's `trainer.json` holds besides the weights and the optimizer.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct TrainerState {
     step: u64,
     tokens: u64,
+    /// f16: the loss scaler's state (absent in other precisions and older checkpoints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    loss_scaler: Option<LossScaler>,
     /// The stage's own state (data-loader cursor, best eval, …).
     extra: serde_json::Value,
 }
@@ -95,6 +130,38 @@ struct TrainerState {
 impl Trainer {
     pub fn lr(&self) -> f64 {
         self.schedule.lr_at(self.step)
+    }
+
+    /// The f16 loss scaler (`None` in f32 and bf16).
+    pub fn loss_scaler(&self) -> Option<&LossScaler> {
+        self.loss_scaler.as_ref()
+    }
+
+    /// The f16 loss scaler, to set its scale or growth interval (tests, experiments).
+    pub fn loss_scaler_mut(&mut self) -> Option<&mut LossScaler> {
+        self.loss_scaler.as_mut()
+    }
+
+    /// The variables the model computes with: the compute copy under mixed precision, else the
+    /// weights of `varmap`; in name order.
+    pub fn compute_vars(&self) -> Vec<Var> {
+        match &self.compute {
+            Some(c) => c.pairs.iter().map(|(_, c)| c.clone()).collect(),
+            None => named_vars(&self.varmap)
+                .into_iter()
+                .map(|(_, v)| v)
+                .collect(),
+        }
+    }
+
+    /// Casts the master weights into the compute copy (after an update or a load).
+    fn sync_compute(&self) -> Result<()> {
+        if let Some(c) = &self.compute {
+            for (master, copy) in &c.pairs {
+                copy.set(&master.as_tensor().to_dtype(copy.dtype())?)?;
+            }
+        }
+        Ok(())
     }
 
     /// One optimizer step over `micro_batches`: [`Trainer::gradients`], then clipping and AdamW,
@@ -109,15 +176,28 @@ impl Trainer {
             _ => return self.reject(store, report),
         };
         let started = Instant::now();
-        let norm = self.opt.grad_norm(&grads, store)?;
+        // The gradients are those of `loss_scale · loss`: unscaled here (exact, a power of two) and
+        // in the update (the optimizer's gradient multiplier).
+        let loss_scale = report.loss_scale.unwrap_or(1.0);
+        let norm = self.opt.grad_norm(&grads, store)? / loss_scale;
         report.grad_norm = norm;
         if !norm.is_finite() {
             report.timings.optimizer_s = started.elapsed().as_secs_f64();
             return self.reject(store, report);
         }
-        self.opt
-            .step_with_norm(&grads, store, norm, report.lr, self.grad_clip)?;
+        self.opt.step_with_norm_scaled(
+            &grads,
+            store,
+            norm,
+            report.lr,
+            self.grad_clip,
+            1.0 / loss_scale,
+        )?;
         drop(grads);
+        self.sync_compute()?;
+        if let Some(s) = &mut self.loss_scaler {
+            s.clean();
+        }
         report.timings.optimizer_s = started.elapsed().as_secs_f64();
         self.step += 1;
         self.tokens += report.tokens;
@@ -126,9 +206,18 @@ impl Trainer {
     }
 
     /// A rejected step: nothing is updated; gradients accumulated in the expert store are dropped.
-    fn reject(&self, store: Option<&ExpertStore>, report: StepReport) -> Result<StepReport> {
+    /// Under f16 it is an overflow of the scaled gradients: the loss scale halves.
+    fn reject(
+        &mut self,
+        store: Option<&ExpertStore>,
+        mut report: StepReport,
+    ) -> Result<StepReport> {
         if let Some(store) = store {
             AdamW::discard_store_grads(store)?;
+        }
+        if let Some(s) = &mut self.loss_scaler {
+            s.overflowed();
+            report.overflow = true;
         }
         Ok(report)
     }
@@ -143,6 +232,8 @@ impl Trainer {
         micro_batches: &[TokenBatch],
     ) -> Result<(Option<GradStore>, StepReport)> {
         let n = micro_batches.len().max(1) as f64;
+        let loss_scale = self.loss_scaler.as_ref().map(|s| s.scale);
+        let objective_scale = loss_scale.unwrap_or(1.0) / n;
         let vars: Vec<Var> = named_vars(&self.varmap)
             .into_iter()
             .map(|(_, v)| v)
@@ -154,9 +245,9 @@ impl Trainer {
         let mut timings = StepTimings::default();
         for mb in micro_batches {
             let (grads, m) = if self.activation_checkpointing {
-                self.micro_grads_segmented(mb, 1.0 / n, &mut timings)?
+                self.micro_grads_segmented(mb, objective_scale, &mut timings)?
             } else {
-                self.micro_grads(mb, 1.0 / n, &mut timings)?
+                self.micro_grads(mb, objective_scale, &mut timings)?
             };
             loss += m.loss / n;
             ce += m.ce / n;
@@ -172,7 +263,10 @@ impl Trainer {
                 }
             }
             let started = Instant::now();
-            add_param_grads(&mut acc, grads, &vars)?;
+            match &self.compute {
+                Some(c) => add_master_grads(&mut acc, grads, &c.pairs)?,
+                None => add_param_grads(&mut acc, grads, &vars)?,
+            }
             timings.backward_s += started.elapsed().as_secs_f64();
         }
         let acc = (!micro_batches.is_empty()).then_some(acc);
@@ -186,6 +280,8 @@ impl Trainer {
             tokens,
             expert_counts: counts,
             rejected: true,
+            loss_scale,
+            overflow: false,
             timings,
         };
         Ok((acc, report))
@@ -255,6 +351,7 @@ impl Trainer {
         let state = TrainerState {
             step: self.step,
             tokens: self.tokens,
+            loss_scaler: self.loss_scaler,
             extra,
         };
         let path = dir.join("trainer.json");
@@ -281,6 +378,14 @@ impl Trainer {
         let bytes = std::fs::read(&path).map_err(|e| state_err(e.to_string()))?;
         let state: TrainerState =
             serde_json::from_slice(&bytes).map_err(|e| state_err(e.to_string()))?;
+        if self.loss_scaler.is_some() {
+            self.loss_scaler = Some(state.loss_scaler.ok_or_else(|| {
+                state_err(
+                    "no loss scaler state: the checkpoint was not written by an f16 run".into(),
+                )
+            })?);
+        }
+        self.sync_compute()?;
         self.step = state.step;
         self.tokens = state.tokens;
         Ok(state.extra)
@@ -329,6 +434,26 @@ fn add_param_grads(into: &mut GradStore, mut grads: GradStore, vars: &[Var]) -> 
     Ok(())
 }
 
+/// Mixed precision: adds the compute copy's gradients of `grads`, converted to f32, to `into`
+/// under their master weights (the accumulation over micro-batches is in f32), and drops the rest.
+fn add_master_grads(
+    into: &mut GradStore,
+    mut grads: GradStore,
+    pairs: &[(Var, Var)],
+) -> Result<()> {
+    for (master, copy) in pairs {
+        if let Some(g) = grads.remove(copy.as_tensor()) {
+            let g = g.to_dtype(DType::F32)?;
+            let sum = match into.remove(master.as_tensor()) {
+                Some(prev) => prev.add(&g)?.detach(),
+                None => g,
+            };
+            into.insert(master.as_tensor(), sum);
+        }
+    }
+    Ok(())
+}
+
 /// The scalar figures of one micro-batch.
 struct MicroLosses {
     loss: f64,
@@ -344,5 +469,7 @@ fn scalar(t: &Tensor) -> Result<f64> {
 
 #[cfg(test)]
 mod expert_store_tests;
+#[cfg(test)]
+mod precision_tests;
 #[cfg(test)]
 mod tests;

@@ -14,7 +14,8 @@
 //! - `threads`: 1, 2 or 3 threads give the same bits (`results_do_not_depend_on_the_thread_count`).
 //!
 //! `device` changes results (other kernels, other rounding), so a training stage's fingerprint holds
-//! the resolved device.
+//! the resolved device. So does `precision` (bf16/f16 compute rounds differently from f32) when it is
+//! not `f32` (an f32 stage keeps the fingerprint it had before the setting existed).
 //!
 //! Every setting may be overridden per training stage in `[execution.stages.<stage>]`.
 
@@ -37,6 +38,9 @@ pub struct ExecutionConfig {
     /// Segmented backward: keep only each block's input in the forward and recompute one block at a
     /// time in the backward (activation memory of one block instead of all, about a third more compute).
     pub activation_checkpointing: bool,
+    /// Compute precision of training: `f32`, or mixed precision (`bf16`, `f16`: forward and backward
+    /// in that type, f32 master weights and AdamW moments; `f16` with dynamic loss scaling).
+    pub precision: Precision,
     /// Per training stage: `[execution.stages.sft]` overrides the settings above for that stage.
     pub stages: BTreeMap<String, StageExecution>,
 }
@@ -48,6 +52,7 @@ pub struct StageExecution {
     pub threads: Option<usize>,
     pub max_experts_in_memory: Option<usize>,
     pub activation_checkpointing: Option<bool>,
+    pub precision: Option<Precision>,
 }
 
 impl Default for ExecutionConfig {
@@ -58,6 +63,7 @@ impl Default for ExecutionConfig {
             max_parallel_stages: 2,
             max_experts_in_memory: None,
             activation_checkpointing: false,
+            precision: Precision::F32,
             stages: BTreeMap::new(),
         }
     }
@@ -74,10 +80,16 @@ pub enum Device {
 }
 
 impl Device {
-    /// The backends this binary was built with. Only the CPU today: the `cuda` and `metal` cargo
-    /// features (candle's backends) are what would add the others.
+    /// The backends this binary was built with, best first: the CPU always; CUDA and Metal with the
+    /// `cuda` / `metal` cargo features (candle's backends, forwarded here by `tardbot-model`).
     pub fn available() -> &'static [Device] {
-        &[Device::Cpu]
+        if cfg!(feature = "cuda") {
+            &[Device::Cuda, Device::Cpu]
+        } else if cfg!(feature = "metal") {
+            &[Device::Metal, Device::Cpu]
+        } else {
+            &[Device::Cpu]
+        }
     }
 
     /// `auto` resolved to the best available backend; `None` for a backend this binary lacks.
@@ -98,6 +110,44 @@ impl Device {
     }
 }
 
+/// The compute precision of training (`[execution] precision`).
+///
+/// `bf16` and `f16` are mixed precision: the model's forward and backward run in that type from a
+/// copy of the weights cast each step from f32 master weights; gradients are accumulated, clipped and
+/// applied in f32, and the AdamW moments are f32. `f16` (5 exponent bits) also scales the loss
+/// dynamically so that small gradients do not underflow: a step whose gradients overflow is skipped
+/// and the scale halved (`tardbot-train`'s `LossScaler`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
+    F16,
+}
+
+impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+            Precision::F16 => "f16",
+        }
+    }
+
+    /// Parses `f32`, `bf16` or `f16` (command-line flags); the error lists the choices.
+    pub fn parse(s: &str) -> Result<Precision, String> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            "f16" => Ok(Precision::F16),
+            other => Err(format!(
+                "unknown precision `{other}`; one of: f32, bf16, f16"
+            )),
+        }
+    }
+}
+
 /// The execution settings of one stage, overrides applied.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Execution {
@@ -108,16 +158,18 @@ pub struct Execution {
     /// `None`: every expert resident.
     pub max_experts_in_memory: Option<usize>,
     pub activation_checkpointing: bool,
+    pub precision: Precision,
 }
 
 impl Execution {
-    /// Everything resident, no checkpointing, on the CPU (tests, benchmarks).
+    /// Everything resident, no checkpointing, on the CPU in f32 (tests, benchmarks).
     pub fn cpu() -> Self {
         Execution {
             device: Device::Cpu,
             threads: None,
             max_experts_in_memory: None,
             activation_checkpointing: false,
+            precision: Precision::F32,
         }
     }
 }
@@ -142,6 +194,7 @@ impl ExecutionConfig {
             activation_checkpointing: o
                 .activation_checkpointing
                 .unwrap_or(self.activation_checkpointing),
+            precision: o.precision.unwrap_or(self.precision),
         }
     }
 
@@ -192,6 +245,43 @@ impl ExecutionConfig {
                 p,
             );
         }
+        // Mixed precision computes from a bf16/f16 copy of resident weights; the expert store holds
+        // f32 weights and trains them in f32 (one region at a time), so the two do not combine yet.
+        let mixed_with_store = |field: &str,
+                                precision: Precision,
+                                m: Option<usize>,
+                                p: &mut Problems| {
+            if let (Some(m), Some(n)) = (m, n_experts)
+                && precision != Precision::F32
+                && m < n
+            {
+                p.push(
+                    field,
+                    format!(
+                        "precision = \"{}\" needs every expert resident, but max_experts_in_memory = {m} \
+                         < {n}: the expert store trains in f32 only; unset max_experts_in_memory or \
+                         set precision = \"f32\"",
+                        precision.name()
+                    ),
+                );
+            }
+        };
+        mixed_with_store(
+            "execution.precision",
+            self.precision,
+            self.max_experts_in_memory,
+            p,
+        );
+        for (stage, o) in &self.stages {
+            if o.precision.is_some() || o.max_experts_in_memory.is_some() {
+                mixed_with_store(
+                    &format!("execution.stages.{stage}.precision"),
+                    o.precision.unwrap_or(self.precision),
+                    o.max_experts_in_memory.or(self.max_experts_in_memory),
+                    p,
+                );
+            }
+        }
     }
 }
 
@@ -229,15 +319,59 @@ mod tests {
                 device: Device::Cpu,
                 threads: Some(1),
                 max_experts_in_memory: Some(2),
-                activation_checkpointing: true
+                activation_checkpointing: true,
+                precision: Precision::F32,
             }
         );
         let pretrain = cfg.for_stage("pretrain");
         assert!(!pretrain.activation_checkpointing);
         assert_eq!(pretrain.threads, None);
         assert_eq!(cfg.max_parallel_stages, 2);
+        assert_eq!(pretrain.precision, Precision::F32);
     }
 
+    #[test]
+    fn precision_parses_overrides_and_refuses_unknown_values() {
+        let cfg: ExecutionConfig =
+            toml::from_str("precision = \"bf16\"\n[stages.sft]\nprecision = \"f16\"\n").unwrap();
+        assert_eq!(cfg.for_stage("pretrain").precision, Precision::Bf16);
+        assert_eq!(cfg.for_stage("sft").precision, Precision::F16);
+        assert_eq!(ExecutionConfig::default().precision, Precision::F32);
+        let err = toml::from_str::<ExecutionConfig>("precision = \"fp8\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("precision") && err.contains("bf16") && err.contains("fp8"),
+            "{err}"
+        );
+        assert_eq!(Precision::parse("f16"), Ok(Precision::F16));
+        assert!(
+            Precision::parse("half")
+                .unwrap_err()
+                .contains("f32, bf16, f16")
+        );
+    }
+
+    #[test]
+    fn mixed_precision_with_the_expert_store_is_a_problem() {
+        let cfg: ExecutionConfig = toml::from_str(
+            "precision = \"bf16\"\n[stages.sft]\nmax_experts_in_memory = 1\n[stages.cot]\nmax_experts_in_memory = 4\n",
+        )
+        .unwrap();
+        let mut p = Problems::default();
+        cfg.check(Some(4), &mut p);
+        let text = format!("{p:?}");
+        assert!(
+            text.contains("execution.stages.sft.precision") && text.contains("f32 only"),
+            "{text}"
+        );
+        assert!(!text.contains("execution.stages.cot"), "{text}");
+        assert!(!text.contains("\"execution.precision"), "{text}");
+    }
+
+    /// The CPU-only build (the default features) refuses `device = "cuda"` with the message that says
+    /// how to build a binary that has it.
+    #[cfg(not(feature = "cuda"))]
     #[test]
     fn a_backend_the_binary_lacks_is_a_problem() {
         let mut p = Problems::default();
@@ -252,6 +386,7 @@ mod tests {
             "{text}"
         );
         assert_eq!(Device::Auto.resolve(), Some(Device::Cpu));
+        assert!(text.contains("(it has: cpu)"), "{text}");
     }
 
     #[test]

@@ -15,7 +15,7 @@ mod tokenize;
 mod train;
 pub mod validate;
 
-pub use execution::{Device, Execution, ExecutionConfig, StageExecution};
+pub use execution::{Device, Execution, ExecutionConfig, Precision, StageExecution};
 pub use ingest::{FilterConfig, IngestConfig, OnError, SourceConfig, SourceFormat};
 pub use tokenize::{TokenizeConfig, TokenizerConfig};
 pub use train::{Schedule, TrainConfig};

@@ -24,6 +24,7 @@
 //! | [`rope()`] | interleaved RoPE |
 //! | [`linear()`] | `x · Wᵀ` |
 //! | [`attention()`] | RoPE + grouped-query, sliding-window, document-masked attention from packed q/k/v |
+//! | [`decode_attention`] | one new token per sequence attending over the visible slots of its KV ring (forward only) |
 
 use candle_core::{DType, Tensor};
 
@@ -31,6 +32,7 @@ mod common;
 
 mod attention;
 mod cross_entropy;
+mod decode;
 mod linear;
 mod rmsnorm;
 mod rope;
@@ -39,6 +41,7 @@ mod swiglu;
 
 pub use attention::{AttnDims, VisibleBlock, attention};
 pub use cross_entropy::cross_entropy_rows;
+pub use decode::{Ring, decode_attention};
 pub use linear::{linear, linear_backward};
 pub use rmsnorm::rms_norm;
 pub use rope::rope;

@@ -40,11 +40,16 @@ impl Stage for PretrainStage {
     }
 
     fn config_slice(&self, config: &PipelineConfig) -> serde_json::Value {
-        // `[execution]` stays out but for the device: the other settings give the same bits.
-        let device = config.execution.for_stage(self.name()).device;
-        serde_json::json!({
-            "model": config.model, "pretrain": config.pretrain, "seed": config.seed, "device": device,
-        })
+        // `[execution]` stays out but for the device and a precision other than f32 (an f32 stage
+        // keeps its fingerprint from before the setting): the other settings give the same bits.
+        let exec = config.execution.for_stage(self.name());
+        let mut slice = serde_json::json!({
+            "model": config.model, "pretrain": config.pretrain, "seed": config.seed, "device": exec.device,
+        });
+        if exec.precision != tardbot_core::config::Precision::F32 {
+            slice["precision"] = serde_json::json!(exec.precision);
+        }
+        slice
     }
 
     fn resources(&self, _config: &PipelineConfig) -> Resources {

@@ -1,4 +1,6 @@
 //! The tools crate's integration tests.
 
+mod browser;
 mod python;
+mod search;
 mod tool_loop;

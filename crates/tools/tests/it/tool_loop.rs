@@ -272,3 +272,36 @@ fn thinking_is_kept_as_thinking_not_as_text() {
     assert_eq!(last.thinking.as_deref(), Some("It said 2."));
     assert_eq!(last.content, "2.");
 }
+
+#[test]
+fn client_tool_calls_end_the_turn_after_the_builtin_calls_of_the_same_turn_ran() {
+    let tools = ToolRegistry::builtin(&["calculator"]).unwrap();
+    let mut s = Scripted::new(&[&format!(
+        "{}{}",
+        call("calculator", json!({"expression": "6*7"})),
+        call("get_weather", json!({"city": "Oslo"}))
+    )]);
+    let cfg = LoopConfig {
+        client_tools: vec!["get_weather".into()],
+        ..LoopConfig::default()
+    };
+    let (conv, outcome, _) = run(&mut s, &tools, &cfg);
+    let TurnOutcome::ClientCalls(calls) = outcome else {
+        panic!("expected the client's call, got {outcome:?}");
+    };
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].name, "get_weather");
+    assert_eq!(calls[0].arguments["city"], "Oslo");
+    // The builtin call ran (one tool turn); the client's did not.
+    assert_eq!(tool_results(&conv).len(), 1);
+    assert_eq!(
+        s.seen.len(),
+        1,
+        "no second generation before the client answers"
+    );
+    // Without the setting the same call is an unknown tool, answered with an error.
+    let mut s = Scripted::new(&[&call("get_weather", json!({"city": "Oslo"})), "ok"]);
+    let (conv, outcome, _) = run(&mut s, &tools, &LoopConfig::default());
+    assert_eq!(outcome, TurnOutcome::Answered("ok".into()));
+    assert!(tool_results(&conv)[0].contains("unknown tool"));
+}

@@ -1,16 +1,18 @@
 //! Building a [`Trainer`]: the model on CPU in f32 (its experts resident, or in an expert store when
-//! `[execution] max_experts_in_memory < n_experts`), its weights (seeded, or from a file) and the optimizer.
+//! `[execution] max_experts_in_memory < n_experts`), its weights (seeded, or from a file) and the optimizer;
+//! under mixed precision, a second model over a bf16/f16 copy of the weights, which the trainer computes with.
 
 use super::segmented::HEAD_CHUNK_ELEMS;
-use super::{Result, Trainer};
+use super::{ComputeCopy, Result, Trainer};
 use crate::optim::{AdamW, AdamWConfig, default_decay};
+use crate::scaler::LossScaler;
 use crate::schedule::LrSchedule;
 use candle_core::{DType, Device};
 use candle_nn::VarMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tardbot_core::ModelConfig;
-use tardbot_core::config::{Device as ConfigDevice, Execution, TrainConfig};
+use tardbot_core::config::{Device as ConfigDevice, Execution, Precision, TrainConfig};
 use tardbot_model::{
     ExpertStore, ModelError, TardBot, init_expert_store, init_weights, load_safetensors_into,
     named_vars,
@@ -67,14 +69,21 @@ fn build_model(
     Ok((model, varmap))
 }
 
-/// Only the CPU backend trains today; validation refuses any other device before a run starts.
+/// Only the CPU backend trains today. Validation refuses a device the binary lacks before a run
+/// starts; a `cuda` build accepts `device = "cuda"` there, and the trainer refuses it here.
 fn check_device(exec: &Execution) -> Result<()> {
     if exec.device == ConfigDevice::Cpu {
         Ok(())
     } else {
         Err(ModelError::Config(format!(
-            "training on `{}` is not available in this build (CPU only)",
-            exec.device.name()
+            "training on `{}` is not implemented yet: the trainer runs on the CPU only (this binary's \
+             backends: {})",
+            exec.device.name(),
+            ConfigDevice::available()
+                .iter()
+                .map(|d| d.name())
+                .collect::<Vec<_>>()
+                .join(", ")
         ))
         .into())
     }
@@ -132,9 +141,28 @@ impl Trainer {
             ..AdamWConfig::default()
         };
         let opt = AdamW::new(named_vars(&varmap), config, default_decay)?;
-        Ok(Trainer {
+        let (model, compute) = match compute_dtype(exec.precision) {
+            None => (model, None),
+            Some(dtype) => {
+                if model.expert_store().is_some() {
+                    return Err(ModelError::Config(format!(
+                        "precision = \"{}\" needs every expert resident: the expert store trains in \
+                         f32 only (unset max_experts_in_memory or set precision = \"f32\")",
+                        exec.precision.name()
+                    ))
+                    .into());
+                }
+                let (model, copy) = compute_copy(model.config(), &varmap, dtype)?;
+                (model, Some(copy))
+            }
+        };
+        let loss_scaler = (exec.precision == Precision::F16).then(LossScaler::default);
+        let trainer = Trainer {
             model,
             varmap,
+            precision: exec.precision,
+            compute,
+            loss_scaler,
             opt,
             schedule: LrSchedule::from_config(train),
             grad_clip: train.grad_clip,
@@ -143,6 +171,50 @@ impl Trainer {
             step: 0,
             tokens: 0,
             best: None,
-        })
+        };
+        trainer.sync_compute()?;
+        Ok(trainer)
     }
+}
+
+/// The type the model computes in under `precision`; `None` for f32 (no copy: the model computes
+/// with the master weights).
+fn compute_dtype(precision: Precision) -> Option<DType> {
+    match precision {
+        Precision::F32 => None,
+        Precision::Bf16 => Some(DType::BF16),
+        Precision::F16 => Some(DType::F16),
+    }
+}
+
+/// A model over fresh `dtype` variables of the same names as `masters`' (filled by
+/// [`Trainer::sync_compute`]), paired with them.
+fn compute_copy(
+    cfg: &ModelConfig,
+    masters: &VarMap,
+    dtype: DType,
+) -> Result<(TardBot, ComputeCopy)> {
+    let varmap = VarMap::new();
+    let vb = candle_nn::VarBuilder::from_varmap(&varmap, dtype, &Device::Cpu);
+    let model = TardBot::new(cfg, vb)?;
+    let copies = named_vars(&varmap);
+    let masters = named_vars(masters);
+    if copies.len() != masters.len() || copies.iter().zip(&masters).any(|((a, _), (b, _))| a != b) {
+        return Err(ModelError::Config(
+            "the compute copy's parameters differ from the master weights'".into(),
+        )
+        .into());
+    }
+    let pairs = masters
+        .into_iter()
+        .zip(copies)
+        .map(|((_, m), (_, c))| (m, c))
+        .collect();
+    Ok((
+        model,
+        ComputeCopy {
+            _varmap: varmap,
+            pairs,
+        },
+    ))
 }

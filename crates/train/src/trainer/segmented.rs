@@ -7,7 +7,7 @@ use super::{MicroLosses, Result, StepTimings, TokenBatch, Trainer, add_param_gra
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 use std::time::Instant;
-use tardbot_model::{ModelError, named_vars};
+use tardbot_model::ModelError;
 
 /// Logit elements (sequences × seq × vocab) per chunk of the LM head under activation
 /// checkpointing: 8M f32 = 32 MiB of logits at a time.
@@ -26,10 +26,8 @@ impl Trainer {
     ) -> Result<(GradStore, MicroLosses)> {
         let m = &self.model;
         let cfg = m.config();
-        let vars: Vec<Var> = named_vars(&self.varmap)
-            .into_iter()
-            .map(|(_, v)| v)
-            .collect();
+        // The variables the model computes with (under mixed precision, the compute copy).
+        let vars: Vec<Var> = self.compute_vars();
         let started = Instant::now();
         let (b, t) = m.check_ids(&mb.inputs)?;
         let ctx = m.attn_ctx(b, t, mb.doc_ids.as_ref())?;
@@ -113,6 +111,11 @@ impl Trainer {
             let x = Var::from_tensor(&inputs.pop().expect("one input per block"))?;
             let (y, stats) = blk.forward(x.as_tensor(), &ctx)?;
             let mut objective = (y * &g)?.sum_all()?;
+            if !matches!(objective.dtype(), DType::F32 | DType::F64) {
+                // Mixed precision: the router losses are added in f32 (scaled by the f16 loss scale
+                // they could overflow f16); the block's backward converts back.
+                objective = objective.to_dtype(DType::F32)?;
+            }
             if let Some(s) = stats {
                 let router = ((s.aux_loss.to_dtype(DType::F32)? * cfg.router_aux_loss_coef)?
                     + (s.z_loss.to_dtype(DType::F32)? * cfg.router_z_loss_coef)?)?;

@@ -21,6 +21,19 @@ fn sample(file: &str) -> PathBuf {
 }
 
 /// The test pipeline; `max_experts_in_memory` below micro's 4 experts swaps them through the store.
+/// Toolcall conversations where `python` runs a program: 6 where `python3` exists, else none
+/// (with a message).
+fn python_examples() -> usize {
+    let ok = Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!("SKIP the toolcall stage's python conversations: no python3 on this machine");
+    }
+    if ok { 6 } else { 0 }
+}
+
 fn write_config(dir: &Path, max_experts_in_memory: usize) {
     let toml = format!(
         r#"workspace = "work"
@@ -98,6 +111,8 @@ eval_batches = 2
 
 [data.toolcall]
 generated = 60
+python = {python}
+search = 8
 eval = {{ examples = 4, max_new_tokens = 16 }}
 
 [cot]
@@ -119,6 +134,7 @@ eval = {{ examples = 4, max_new_tokens = 16 }}
         prose = sample("prose.txt").display(),
         jargon = sample("jargon.jsonl").display(),
         gsm = sample("gsm_sample.jsonl").display(),
+        python = python_examples(),
     );
     std::fs::write(dir.join("pipeline.toml"), toml).unwrap();
 }
@@ -445,6 +461,80 @@ fn tools_run_from_the_command_line(dir: &Path) {
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing required argument"));
     let out = cmd(dir, &["tool", "no_such_tool"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
+    // The offline `search` answers from the index the run's `search_index` stage built of the
+    // corpus; without a run it has no index and says how to give it one.
+    let query = r#"{"query": "abnormal end of a program"}"#;
+    let out = cmd(dir, &["tool", "search", "--run", "run-1", "--args", query])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["backend"], "offline", "{v}");
+    let top = &v["results"][0];
+    assert!(
+        top["title"].as_str().unwrap().contains("ABEND")
+            && top["url"].as_str().unwrap().starts_with("corpus://jargon/"),
+        "{v}"
+    );
+    let out = cmd(dir, &["tool", "search", "--args", query])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("search_index"));
+    // The agent suite: the bundled tasks through the loop with the real tools, before (sft) and
+    // after (toolcall) the toolcall stage, recorded per kind and overall.
+    let tasks = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/sample/agent_tasks.jsonl");
+    for stage in ["sft", "toolcall"] {
+        let out = cmd(
+            dir,
+            &[
+                "eval",
+                "run-1",
+                "--suite",
+                "agent",
+                "--stage",
+                stage,
+                "--data",
+                tasks.to_str().unwrap(),
+                "--max-new-tokens",
+                "16",
+            ],
+        )
+        .output()
+        .unwrap();
+        eprintln!(
+            "agent eval, {stage}:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    with_ledger(dir, async |l| {
+        let run = l.run("run-1").await.unwrap();
+        for stage in ["sft", "toolcall"] {
+            for metric in [
+                "all/task_success",
+                "search/task_success",
+                "abstain/calls_per_task",
+            ] {
+                let series = l
+                    .eval_series(run.id, stage, "agent:agent_tasks.jsonl", metric)
+                    .await
+                    .unwrap();
+                assert!(
+                    series.len() == 1 && series[0].1.is_some(),
+                    "{stage}: {metric} recorded as {series:?}"
+                );
+            }
+        }
+    });
     // `[tools.python]` of the pipeline file sets the sandbox: a 1 s wall clock kills an endless loop.
     let cfg = dir.join("pipeline.toml");
     let mut text = std::fs::read_to_string(&cfg).unwrap();
@@ -604,7 +694,7 @@ fn execution_settings_reuse_cached_stages(dir: &Path) {
     with_ledger(dir, async |l| {
         let run = l.run("run-2").await.unwrap();
         let attempts = l.attempts(run.id).await.unwrap();
-        assert_eq!(attempts.len(), 7, "{attempts:?}");
+        assert_eq!(attempts.len(), 8, "{attempts:?}");
         for a in &attempts {
             assert_eq!(
                 a.status,

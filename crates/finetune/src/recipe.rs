@@ -58,7 +58,23 @@ pub fn run(ctx: &StageContext, task: &dyn ChatTask) -> Result<StageOutput, Stage
         .map_err(|e| StageError::failed(format!("{}: {e}", model_json.display())))?;
 
     // 2. Data.
-    let examples = task.examples(&ctx.config).map_err(StageError::Failed)?;
+    let inputs = crate::task::TaskInputs {
+        files: task
+            .inputs()
+            .iter()
+            .map(|stage| {
+                let files = ctx
+                    .input(stage)
+                    .iter()
+                    .map(|a| (a.kind.clone(), PathBuf::from(&a.path)))
+                    .collect();
+                (stage.to_string(), files)
+            })
+            .collect(),
+    };
+    let examples = task
+        .examples(&ctx.config, &inputs)
+        .map_err(StageError::Failed)?;
     let data = Data::build(ctx, &tokenizer, examples, settings.validation_fraction, cfg)?;
     let val_batches = fixed_batches(
         data.open("val", &tokenizer)?,

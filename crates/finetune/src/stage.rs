@@ -11,12 +11,13 @@ use tardbot_stage::{Resources, Stage, StageContext, StageError, StageOutput};
 /// [`recipe::run`].
 pub struct ChatStage {
     pub task: Arc<dyn ChatTask>,
-    inputs: [&'static str; 2],
+    inputs: Vec<&'static str>,
 }
 
 impl ChatStage {
     pub fn new(task: Arc<dyn ChatTask>) -> Self {
-        let inputs = ["tokenizer", task.upstream()];
+        let mut inputs = vec!["tokenizer", task.upstream()];
+        inputs.extend(task.inputs());
         ChatStage { task, inputs }
     }
 }

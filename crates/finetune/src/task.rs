@@ -4,7 +4,8 @@
 
 use crate::example::ChatExample;
 use crate::settings::ChatSettings;
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use tardbot_core::PipelineConfig;
 use tardbot_core::config::ConfigError;
 
@@ -26,8 +27,19 @@ pub trait ChatTask: Send + Sync + 'static {
     /// `tardbot-pipeline validate` reports its problems with the core sections'.
     fn settings(&self, config: &PipelineConfig) -> Result<ChatSettings, ConfigError>;
 
-    /// Builds every example (train and held-out), deterministically from `config.seed`.
-    fn examples(&self, config: &PipelineConfig) -> Result<Vec<ChatExample>, BoxError>;
+    /// Stages whose artifacts [`ChatTask::examples`] reads, besides the tokenizer and the upstream
+    /// model every chat stage gets (e.g. `search_index` for conversations that search the corpus).
+    fn inputs(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// Builds every example (train and held-out), deterministically from `config.seed` and the
+    /// artifacts of [`ChatTask::inputs`].
+    fn examples(
+        &self,
+        config: &PipelineConfig,
+        inputs: &TaskInputs,
+    ) -> Result<Vec<ChatExample>, BoxError>;
 
     /// The task-eval items one held-out example is asked as (default: the example itself); a
     /// multi-turn example can be asked at several turns.
@@ -49,5 +61,22 @@ pub trait ChatTask: Send + Sync + 'static {
             self.name()
         )
         .into())
+    }
+}
+
+/// The files of a task's [`ChatTask::inputs`]: (kind, path) per upstream stage.
+#[derive(Clone, Debug, Default)]
+pub struct TaskInputs {
+    pub files: BTreeMap<String, Vec<(String, PathBuf)>>,
+}
+
+impl TaskInputs {
+    /// The artifact of `kind` that `stage` produced, if any.
+    pub fn file(&self, stage: &str, kind: &str) -> Option<&Path> {
+        self.files
+            .get(stage)?
+            .iter()
+            .find(|(k, _)| k == kind)
+            .map(|(_, p)| p.as_path())
     }
 }

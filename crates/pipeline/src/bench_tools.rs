@@ -1,6 +1,7 @@
 //! `bench tools`: latency of the built-in tools, each measured on this machine with nothing off
 //! it: a sandboxed Python call, cold (a fresh tool each round, `print(1)`); a `search` query against
-//! a recorded DuckDuckGo page served on 127.0.0.1; a browser page load on loopback (a fresh
+//! a recorded DuckDuckGo page served on 127.0.0.1; the offline `search` index of the bundled prose
+//! sample, built and queried (a fresh tool each query, as a chat session opens it); a browser page load on loopback (a fresh
 //! Chromium each round, and a page load in the already running one). Each is skipped, with a
 //! message, where bubblewrap or Chromium is missing.
 
@@ -107,14 +108,10 @@ fn python(rounds: usize) -> Result<Value, String> {
 
 fn search(rounds: usize) -> Result<Value, String> {
     let base = serve(DDG_RESULTS).map_err(|e| e.to_string())?;
-    let cfg = SearchConfig {
-        base_url: format!("{base}/html/"),
-        timeout: Duration::from_secs(10),
-        max_results: 5,
-    };
+    let cfg = SearchConfig::duckduckgo(&format!("{base}/html/"), Duration::from_secs(10), 5);
     let mut t = Vec::new();
     for _ in 0..rounds {
-        let tool = SearchTool::new(&cfg);
+        let tool = SearchTool::new(&cfg)?;
         let start = Instant::now();
         let v = tool
             .call(&args(json!({"query": "rust programming language"})))
@@ -125,6 +122,56 @@ fn search(rounds: usize) -> Result<Value, String> {
         }
     }
     Ok(stats(&mut t))
+}
+
+/// The bundled prose sample the offline index is built from.
+const PROSE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/sample/prose.txt");
+
+/// Queries of the offline index (words from the sample's documents, and some it lacks).
+const QUERIES: [&str; 6] = [
+    "the rightful duke of milan",
+    "in the beginning god created the heaven and the earth",
+    "hacker ethic",
+    "twenty thousand leagues under the sea",
+    "quantum chromodynamics",
+    "what did the serpent say to the woman",
+];
+
+/// (building the index of the sample, a query through a fresh `search` tool).
+fn search_offline(rounds: usize) -> Result<(Value, Value), String> {
+    use tardbot_tools::search::offline::{PASSAGE_CHARS, build_index, passages_of};
+    let text = std::fs::read_to_string(PROSE)
+        .map_err(|e| format!("{PROSE}: {e} (run from a checkout of the repository)"))?;
+    let passages: Vec<_> = text
+        .split("<|endoftext|>")
+        .enumerate()
+        .flat_map(|(i, doc)| passages_of("prose", &i.to_string(), doc, PASSAGE_CHARS))
+        .collect();
+    let (mut build, mut query) = (Vec::new(), Vec::new());
+    let mut n = 0;
+    for r in 0..rounds {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let start = Instant::now();
+        let stats = build_index(dir.path(), passages.clone(), &|| false)
+            .map_err(|e| e.to_string())?
+            .ok_or("cancelled")?;
+        build.push(ms(start.elapsed()));
+        n = stats.passages;
+        let cfg = SearchConfig::offline(dir.path(), 5);
+        let q = QUERIES[r % QUERIES.len()];
+        let start = Instant::now();
+        let v = SearchTool::new(&cfg)?
+            .call(&args(json!({ "query": q })))
+            .map_err(|e| e.to_string())?;
+        query.push(ms(start.elapsed()));
+        if v["results"].as_array().is_none_or(|a| a.is_empty()) && r % QUERIES.len() != 4 {
+            return Err(format!("no results for {q:?}: {v}"));
+        }
+    }
+    let mut build = stats(&mut build);
+    build["passages"] = json!(n);
+    build["bytes"] = json!(text.len());
+    Ok((build, stats(&mut query)))
 }
 
 /// (a fresh Chromium and its first page, a page load in the running browser).
@@ -164,6 +211,12 @@ pub fn tools(rounds: usize) -> anyhow::Result<Value> {
         ("python print(1), cold (sandboxed)", python(rounds)),
         ("search, recorded DuckDuckGo page", search(rounds)),
     ];
+    let (build, query) = match search_offline(rounds) {
+        Ok((b, q)) => (Ok(b), Ok(q)),
+        Err(e) => (Err(e.clone()), Err(e)),
+    };
+    rows.push(("search, offline: index the sample", build));
+    rows.push(("search, offline: one query", query));
     let (cold, warm) = match browser(rounds) {
         Ok((c, w)) => (Ok(c), Ok(w)),
         Err(e) => (Err(e.clone()), Err(e)),
@@ -183,8 +236,16 @@ pub fn tools(rounds: usize) -> anyhow::Result<Value> {
     let figures = [
         ("python_cold", fig("python_cold", &rows[0].1)),
         ("search_local", fig("search_local", &rows[1].1)),
-        ("browser_cold", fig("browser_cold", &rows[2].1)),
-        ("browser_page_load", fig("browser_page_load", &rows[3].1)),
+        (
+            "search_offline_build",
+            fig("search_offline_build", &rows[2].1),
+        ),
+        (
+            "search_offline_query",
+            fig("search_offline_query", &rows[3].1),
+        ),
+        ("browser_cold", fig("browser_cold", &rows[4].1)),
+        ("browser_page_load", fig("browser_page_load", &rows[5].1)),
     ];
     for ((label, r), _) in rows.iter().zip(&figures) {
         match r {
@@ -223,5 +284,13 @@ mod tests {
     fn search_against_the_recorded_page_returns_results() {
         let v = search(1).unwrap();
         assert_eq!(v["rounds"], 1);
+    }
+
+    /// The bundled sample is indexed and found again.
+    #[test]
+    fn the_offline_index_of_the_sample_answers() {
+        let (build, query) = search_offline(1).unwrap();
+        assert!(build["passages"].as_u64().unwrap() > 1000, "{build}");
+        assert_eq!(query["rounds"], 1);
     }
 }

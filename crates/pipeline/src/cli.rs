@@ -91,11 +91,12 @@ pub enum Command {
     /// Score a run's model on a file with a stage's task eval; prints and records the figures.
     Eval {
         run: String,
-        /// A chat stage's eval suite (`sft`, `toolcall`, `cot` in the shipped pipeline).
+        /// A chat stage's eval suite (`sft`, `toolcall`, `cot` in the shipped pipeline), or `agent`:
+        /// tasks run end to end through the tool loop with the real tools (see agent_eval.rs).
         #[arg(long)]
         suite: String,
         /// Example JSONL (a stage's examples/val.jsonl), or the suite's source format (BFCL rows for
-        /// toolcall, GSM rows for cot).
+        /// toolcall, GSM rows for cot); for `agent`, task JSONL (data/sample/agent_tasks.jsonl).
         #[arg(long)]
         data: PathBuf,
         #[arg(long)]
@@ -154,6 +155,10 @@ pub enum Command {
         /// The call's arguments, a JSON object.
         #[arg(long, default_value = "{}")]
         args: String,
+        /// A run whose `search_index` stage built the offline `search` index to use (unless
+        /// `[tools.search] index` names one).
+        #[arg(long)]
+        run: Option<String>,
     },
     /// Run a benchmark; prints a table, then one JSON line of figures.
     Bench {
@@ -560,7 +565,7 @@ async fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<u8> {
             let m =
                 inference::load_run_model(&registry, &ledger, &run, opts.stage.as_deref()).await?;
             let settings = match tool_settings(&registry, &cli.config) {
-                Ok(s) => s,
+                Ok(s) => inference::with_run_search_index(s, &ledger, &run).await?,
                 Err(code) => return Ok(code),
             };
             inference::generate(&m, &prompt, &opts.options(&settings)?)?;
@@ -575,7 +580,7 @@ async fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<u8> {
             let m =
                 inference::load_run_model(&registry, &ledger, &run, opts.stage.as_deref()).await?;
             let settings = match tool_settings(&registry, &cli.config) {
-                Ok(s) => s,
+                Ok(s) => inference::with_run_search_index(s, &ledger, &run).await?,
                 Err(code) => return Ok(code),
             };
             inference::chat(&m, &opts.options(&settings)?)?;
@@ -598,13 +603,14 @@ async fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<u8> {
                 Ok(s) => s,
                 Err(code) => return Ok(code),
             };
-            let names: Vec<&str> = tools.iter().map(String::as_str).collect();
-            let tools =
-                tardbot_serve::ServerTools::new(&names, settings).map_err(anyhow::Error::msg)?;
             if max_batch == 0 || max_requests == 0 {
                 anyhow::bail!("--max-batch and --max-requests must be at least 1");
             }
             let (ledger, run) = inference::open_run(&ws, &run).await?;
+            let settings = inference::with_run_search_index(settings, &ledger, &run).await?;
+            let names: Vec<&str> = tools.iter().map(String::as_str).collect();
+            let tools =
+                tardbot_serve::ServerTools::new(&names, settings).map_err(anyhow::Error::msg)?;
             let m = inference::load_run_model(&registry, &ledger, &run, stage.as_deref()).await?;
             let engine = tardbot_serve::EngineConfig {
                 max_batch,
@@ -614,10 +620,24 @@ async fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<u8> {
             crate::serve::serve(&run.name, m, addr, tools, engine).await?;
             Ok(0)
         }
-        Command::Tool { name, args } => match tool_settings(&registry, &cli.config) {
-            Ok(settings) => Ok(crate::tools::run_one(&name, &args, &settings)),
-            Err(code) => Ok(code),
-        },
+        Command::Tool { name, args, run } => {
+            let settings = match tool_settings(&registry, &cli.config) {
+                Ok(s) => s,
+                Err(code) => return Ok(code),
+            };
+            let settings = match run {
+                Some(run) => {
+                    let ws = match workspace(&registry, &cli.workspace, &cli.config) {
+                        Ok(ws) => ws,
+                        Err(code) => return Ok(code),
+                    };
+                    let (ledger, run) = inference::open_run(&ws, &run).await?;
+                    inference::with_run_search_index(settings, &ledger, &run).await?
+                }
+                None => settings,
+            };
+            Ok(crate::tools::run_one(&name, &args, &settings))
+        }
         Command::Export {
             run,
             stage,
@@ -675,6 +695,24 @@ async fn dispatch(cli: Cli, registry: Registry) -> anyhow::Result<u8> {
             };
             let (ledger, run) = inference::open_run(&ws, &run).await?;
             let m = inference::load_run_model(&registry, &ledger, &run, stage.as_deref()).await?;
+            if suite == "agent" {
+                let settings = match tool_settings(&registry, &cli.config) {
+                    Ok(s) => inference::with_run_search_index(s, &ledger, &run).await?,
+                    Err(code) => return Ok(code),
+                };
+                crate::agent_eval::eval(
+                    &registry,
+                    &ledger,
+                    &run,
+                    &m,
+                    &settings,
+                    &data,
+                    limit,
+                    max_new_tokens,
+                )
+                .await?;
+                return Ok(0);
+            }
             inference::eval(
                 &registry,
                 &ledger,

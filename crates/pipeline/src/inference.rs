@@ -116,6 +116,41 @@ pub async fn run_model_files(
     })
 }
 
+/// The offline `search` index the run's `search_index` stage built, if it finished.
+pub async fn run_search_index(
+    ledger: &Ledger,
+    run: &Run,
+) -> anyhow::Result<Option<std::path::PathBuf>> {
+    let attempts = ledger.attempts(run.id).await?;
+    let Some(id) = attempts
+        .iter()
+        .rev()
+        .find(|a| a.stage == "search_index" && a.status.is_done())
+        .map(|a| a.cached_from.unwrap_or(a.id))
+    else {
+        return Ok(None);
+    };
+    Ok(ledger
+        .artifacts(id)
+        .await?
+        .into_iter()
+        .find(|a| a.kind == tardbot_search_index::KIND_SEARCH_INDEX)
+        .map(|a| a.path.into()))
+}
+
+/// `settings` with the offline `search` index of the run where `[tools.search] index` does not
+/// name one.
+pub async fn with_run_search_index(
+    mut settings: tardbot_tools::ToolSettings,
+    ledger: &Ledger,
+    run: &Run,
+) -> anyhow::Result<tardbot_tools::ToolSettings> {
+    if settings.search.index.is_none() {
+        settings.search.index = run_search_index(ledger, run).await?;
+    }
+    Ok(settings)
+}
+
 /// Loads the model of `stage` (default: the newest finished training stage) of a run.
 pub async fn load_run_model(
     registry: &Registry,
@@ -275,7 +310,7 @@ fn suite<'r>(registry: &'r Registry, suite: &str) -> anyhow::Result<&'r dyn Chat
     match registry.chat_task(suite) {
         Some(t) => Ok(t.as_ref()),
         None => bail!(
-            "no eval suite `{suite}`; the suites are the chat stages: {}",
+            "no eval suite `{suite}`; the suites are `agent` and the chat stages: {}",
             registry
                 .chat_tasks
                 .iter()

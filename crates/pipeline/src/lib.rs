@@ -14,6 +14,7 @@
 //! What it does not do: any stage's work. Stages live in their own crates and meet only through
 //! artifacts and the ledger; [`registry`] lists the ones this binary ships.
 
+pub mod agent_eval;
 pub mod bench;
 pub mod bench_tools;
 pub mod cli;

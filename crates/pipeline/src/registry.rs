@@ -174,9 +174,12 @@ pub fn stages() -> Registry {
         .stage(tardbot_ingest::IngestStage)
         .stage(tardbot_tokenize::TokenizerStage)
         .stage(tardbot_tokenize::TokenizeStage)
+        .stage(tardbot_search_index::SearchIndexStage)
         .stage(tardbot_pretrain::PretrainStage)
         .chat(tardbot_sft::SftTask)
-        .chat(tardbot_toolcall::ToolcallTask)
+        .chat(tardbot_toolcall::ToolcallTask::with_runner(
+            std::sync::Arc::new(tardbot_tools::data_runner::BuiltinRunner),
+        ))
         .chat(tardbot_cot::CotTask)
 }
 
@@ -251,7 +254,11 @@ mod tests {
         fn settings(&self, config: &PipelineConfig) -> Result<ChatSettings, ConfigError> {
             ChatSettings::parse::<EchoData>(config, self.name()).map(|(s, _)| s)
         }
-        fn examples(&self, _: &PipelineConfig) -> Result<Vec<ChatExample>, BoxError> {
+        fn examples(
+            &self,
+            _: &PipelineConfig,
+            _: &tardbot_finetune::TaskInputs,
+        ) -> Result<Vec<ChatExample>, BoxError> {
             Ok(Vec::new())
         }
         fn score(&self, _: &[(&ChatExample, String)]) -> Vec<(String, f64)> {

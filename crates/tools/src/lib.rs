@@ -11,12 +11,15 @@
 //! - [`browser`]: one headless Chromium per session (read, links, click, fill and submit), public
 //!   hosts by default, loopback and private ones only when configured.
 //! - [`local`]: the toolcall stage's calculator, unit converter and element lookup.
-//! - [`search`]: web search (DuckDuckGo's HTML endpoint, its base URL configurable).
+//! - [`search`]: search over the offline index of the corpus, or the web (DuckDuckGo's HTML
+//!   endpoint, its base URL configurable).
+//! - [`data_runner`]: `python` and `search` run for the toolcall stage's training conversations.
 //!
 //! This crate does not generate text: the loop takes an [`tool_loop::Assistant`] (the pipeline wraps
 //! a trained model in one; tests script one), so it has no model or tokenizer dependency.
 
 pub mod browser;
+pub mod data_runner;
 pub mod local;
 pub mod python;
 pub mod registry;

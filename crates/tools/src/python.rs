@@ -411,6 +411,10 @@ impl Tool for PythonTool {
         }
     }
 
+    fn time_limit(&self) -> Option<std::time::Duration> {
+        Some(self.cfg.timeout)
+    }
+
     fn call(&self, arguments: &Map<String, Value>) -> Result<Value, ToolError> {
         let code = arguments
             .get("code")

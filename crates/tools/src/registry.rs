@@ -89,7 +89,7 @@ impl ToolRegistry {
                     Arc::new(crate::python::PythonTool::new(settings.python.clone()))
                 }
                 None if name == "search" => {
-                    Arc::new(crate::search::SearchTool::new(&settings.search))
+                    Arc::new(crate::search::SearchTool::new(&settings.search)?)
                 }
                 None if name == "browser" => {
                     Arc::new(crate::browser::BrowserTool::new(settings.browser.clone()))

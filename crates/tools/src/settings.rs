@@ -10,8 +10,10 @@
 //! allow_unsandboxed = false # true: run without bubblewrap where it is unavailable (see python.rs)
 //!
 //! [tools.search]
+//! backend = "offline"       # offline (the search_index stage's index of the corpus) | duckduckgo
+//! index = "path/to/index"   # offline: an index directory (default: the run's search_index output)
 //! base_url = "https://html.duckduckgo.com/html/" # DuckDuckGo's HTML endpoint (or a stand-in)
-//! timeout_s = 10            # wall clock per request
+//! timeout_s = 10            # wall clock per DuckDuckGo request
 //! max_results = 5           # the most a call returns (1..=50)
 //! ```
 //!
@@ -33,7 +35,7 @@
 
 use crate::browser::BrowserConfig;
 use crate::python::SandboxConfig;
-use crate::search::SearchConfig;
+use crate::search::{BackendKind, SearchConfig};
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -52,6 +54,8 @@ pub struct ToolSettings {
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SearchSettings {
+    pub backend: Option<String>,
+    pub index: Option<std::path::PathBuf>,
     pub base_url: Option<String>,
     pub timeout_s: Option<f64>,
     pub max_results: Option<usize>,
@@ -64,6 +68,10 @@ impl SearchSettings {
     /// The search these settings describe (defaults for what they leave out).
     pub fn search_config(&self) -> SearchConfig {
         let mut c = SearchConfig::default();
+        if self.backend.as_deref() == Some("duckduckgo") {
+            c.backend = BackendKind::DuckDuckGo;
+        }
+        c.index.clone_from(&self.index);
         if let Some(u) = &self.base_url {
             c.base_url = u.clone();
         }
@@ -79,6 +87,14 @@ impl SearchSettings {
     /// What is wrong with the values (checked with the rest of the pipeline file).
     pub fn problems(&self) -> Vec<(&'static str, String)> {
         let mut p = Vec::new();
+        if let Some(b) = &self.backend
+            && !matches!(b.as_str(), "offline" | "duckduckgo")
+        {
+            p.push((
+                "backend",
+                format!("`{b}` is not a search backend; use \"offline\" or \"duckduckgo\""),
+            ));
+        }
         if let Some(u) = &self.base_url {
             match reqwest::Url::parse(u) {
                 Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {}
@@ -263,6 +279,8 @@ mod tests {
         assert_eq!(d, SearchConfig::default());
         assert_eq!(d.base_url, crate::search::DEFAULT_BASE_URL);
         let s = SearchSettings {
+            backend: Some("duckduckgo".into()),
+            index: None,
             base_url: Some("http://127.0.0.1:8080/html/".into()),
             timeout_s: Some(0.5),
             max_results: Some(3),
@@ -272,13 +290,18 @@ mod tests {
         assert_eq!(c.base_url, "http://127.0.0.1:8080/html/");
         assert_eq!(c.timeout, Duration::from_millis(500));
         assert_eq!(c.max_results, 3);
+        assert_eq!(c.backend, BackendKind::DuckDuckGo);
+        assert_eq!(d.backend, BackendKind::Offline, "offline is the default");
         let bad = SearchSettings {
+            backend: Some("bing".into()),
+            index: Some("idx".into()),
             base_url: Some("html.duckduckgo.com/html".into()),
             timeout_s: Some(0.0),
             max_results: Some(0),
         };
         let fields: Vec<&str> = bad.problems().iter().map(|(f, _)| *f).collect();
-        assert_eq!(fields, ["base_url", "timeout_s", "max_results"]);
+        assert_eq!(fields, ["backend", "base_url", "timeout_s", "max_results"]);
+        assert_eq!(bad.search_config().index, Some("idx".into()));
         let ftp = SearchSettings {
             base_url: Some("ftp://example.com/".into()),
             ..SearchSettings::default()

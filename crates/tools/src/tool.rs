@@ -23,4 +23,11 @@ pub trait Tool: Send + Sync {
     /// Runs the call. `arguments` already satisfy [`Tool::spec`]'s schema. Returns a JSON result.
     /// Implementations bound their own run time (the loop's wall-clock limit cannot stop a thread).
     fn call(&self, arguments: &Map<String, Value>) -> Result<Value, ToolError>;
+
+    /// The wall clock the tool bounds a call to itself (its configured timeout), if it has one:
+    /// the loop waits at least this long (plus a grace period) before it answers "timed out", so a
+    /// limit the user raised in `[tools.*]` is not cut short by the loop's default.
+    fn time_limit(&self) -> Option<std::time::Duration> {
+        None
+    }
 }

@@ -34,7 +34,8 @@ pub struct LoopConfig {
     pub max_calls: usize,
     /// A result longer than this (bytes of its JSON) is cut at a character boundary and marked.
     pub max_result_bytes: usize,
-    /// Wall-clock limit of one call.
+    /// Wall-clock limit of one call; a tool with a longer limit of its own
+    /// ([`crate::Tool::time_limit`]) gets that one plus [`TIME_LIMIT_GRACE`].
     pub call_timeout: Duration,
     /// Tools the caller runs itself (see the module doc); not in the registry.
     pub client_tools: Vec<String>,
@@ -50,6 +51,10 @@ impl Default for LoopConfig {
         }
     }
 }
+
+/// What the loop adds to a tool's own time limit before it gives up on the call (the tool's
+/// start-up and the reading of its result).
+pub const TIME_LIMIT_GRACE: Duration = Duration::from_secs(5);
 
 /// What happened, in order, for display (`chat --tools` prints these).
 #[derive(Clone, Debug, PartialEq)]
@@ -187,6 +192,10 @@ fn assistant_message(text: &str) -> Message {
 /// Validates and runs one call under the wall-clock limit.
 fn execute(tools: &ToolRegistry, call: &ParsedCall, cfg: &LoopConfig) -> Result<Value, String> {
     let tool = tools.check(call)?.clone();
+    let limit = match tool.time_limit() {
+        Some(own) => cfg.call_timeout.max(own + TIME_LIMIT_GRACE),
+        None => cfg.call_timeout,
+    };
     let args = call.arguments.clone();
     let (tx, rx) = mpsc::channel();
     let started = Instant::now();
@@ -196,7 +205,7 @@ fn execute(tools: &ToolRegistry, call: &ParsedCall, cfg: &LoopConfig) -> Result<
             let _ = tx.send(tool.call(&args));
         })
         .map_err(|e| format!("could not start the tool: {e}"))?;
-    match rx.recv_timeout(cfg.call_timeout) {
+    match rx.recv_timeout(limit) {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(e.to_string()),
         Err(mpsc::RecvTimeoutError::Timeout) => Err(format!(

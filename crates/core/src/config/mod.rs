@@ -161,7 +161,7 @@ impl PipelineConfig {
         let n_experts = self.model_config().ok().map(|m| m.n_experts);
         self.execution.check(n_experts, p);
         self.ingest.check(self, p);
-        self.tokenizer.check(p);
+        self.tokenizer.check(self, p);
         self.tokenize.check(p);
         self.pretrain.check("pretrain", p);
     }

@@ -18,6 +18,10 @@ pub struct TokenizerConfig {
     /// At most this many bytes of training text are used (bounded memory on large corpora): above it,
     /// documents are sampled by a hash of their id and the seed.
     pub max_training_bytes: u64,
+    /// Text files whose lines join the training sample (all of them, besides the sampled corpus)
+    /// but not the pretraining data: the formats the fine-tuning stages render (tool schemas and
+    /// calls in JSON, Python code, worked math), so that they tokenize compactly.
+    pub extra_text: Vec<std::path::PathBuf>,
 }
 
 impl Default for TokenizerConfig {
@@ -27,14 +31,28 @@ impl Default for TokenizerConfig {
             vocab_size: 32_000,
             min_frequency: 2,
             max_training_bytes: 1 << 30,
+            extra_text: Vec::new(),
         }
     }
 }
 
 impl TokenizerConfig {
-    pub(crate) fn check(&self, p: &mut Problems) {
+    pub(crate) fn check(&self, cfg: &super::PipelineConfig, p: &mut Problems) {
         if !self.enabled {
             return;
+        }
+        for (i, f) in self.extra_text.iter().enumerate() {
+            let path = cfg.resolve(f);
+            if !path.is_file() {
+                p.push(
+                    &format!("tokenizer.extra_text.{i}"),
+                    format!(
+                        "{} is not a file (relative paths are resolved against {})",
+                        path.display(),
+                        cfg.base_dir.display()
+                    ),
+                );
+            }
         }
         let min = 256 + SPECIAL_TOKENS + 1;
         if self.vocab_size < min {

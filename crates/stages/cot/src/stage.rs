@@ -6,7 +6,7 @@ use crate::problems::{answers_match, build_examples, extract_answer};
 use std::path::Path;
 use tardbot_core::PipelineConfig;
 use tardbot_core::config::ConfigError;
-use tardbot_finetune::{BoxError, ChatExample, ChatSettings, ChatTask};
+use tardbot_finetune::{BoxError, ChatExample, ChatSettings, ChatTask, TaskInputs};
 
 pub struct CotTask;
 
@@ -23,7 +23,11 @@ impl ChatTask for CotTask {
         ChatSettings::parse::<CotData>(config, self.name()).map(|(s, _)| s)
     }
 
-    fn examples(&self, config: &PipelineConfig) -> Result<Vec<ChatExample>, BoxError> {
+    fn examples(
+        &self,
+        config: &PipelineConfig,
+        _inputs: &TaskInputs,
+    ) -> Result<Vec<ChatExample>, BoxError> {
         let (_, data) = ChatSettings::parse::<CotData>(config, self.name())?;
         let path = data
             .problems

@@ -6,7 +6,7 @@ use crate::tasks::{build_examples, exact_match};
 use std::collections::BTreeMap;
 use tardbot_core::PipelineConfig;
 use tardbot_core::config::ConfigError;
-use tardbot_finetune::{BoxError, ChatExample, ChatSettings, ChatTask};
+use tardbot_finetune::{BoxError, ChatExample, ChatSettings, ChatTask, TaskInputs};
 
 pub struct SftTask;
 
@@ -23,7 +23,11 @@ impl ChatTask for SftTask {
         ChatSettings::parse::<SftData>(config, self.name()).map(|(s, _)| s)
     }
 
-    fn examples(&self, config: &PipelineConfig) -> Result<Vec<ChatExample>, BoxError> {
+    fn examples(
+        &self,
+        config: &PipelineConfig,
+        _inputs: &TaskInputs,
+    ) -> Result<Vec<ChatExample>, BoxError> {
         let (_, data) = ChatSettings::parse::<SftData>(config, self.name())?;
         let glossary = data.glossary.as_ref().map(|p| config.resolve(p));
         let verse = data.verse.as_ref().map(|p| config.resolve(p));

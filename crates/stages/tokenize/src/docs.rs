@@ -1,6 +1,6 @@
 //! Reading documents from the ingest stage's Parquet shards, one record batch at a time.
 //!
-//! Columns used: `id`, `text` and `split` (`"train"` / `"val"`); `source` and `n_bytes` are ignored.
+//! Columns used: `id`, `source`, `text` and `split` (`"train"` / `"val"`); `n_bytes` is ignored.
 //! Only those columns are decoded (projection), and only one record batch is held at a time.
 
 use arrow::array::{Array, ArrayRef, AsArray};
@@ -16,6 +16,7 @@ use tardbot_tokens::error::{Result, TokenizeError, io_err};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Doc {
     pub id: String,
+    pub source: String,
     pub text: String,
     pub split: Split,
 }
@@ -39,7 +40,7 @@ impl DocBatches {
         let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(perr)?;
         let fields = builder.schema().fields();
         let mut roots = Vec::new();
-        for name in ["id", "text", "split"] {
+        for name in ["id", "source", "text", "split"] {
             let i = fields.iter().position(|f| f.name() == name).ok_or_else(|| TokenizeError::Parquet {
                 path: path.to_path_buf(),
                 message: format!(
@@ -77,16 +78,21 @@ impl Iterator for DocBatches {
             Err(e) => return Some(Err(self.err(e.to_string()))),
         };
         let col = |name: &str| batch.column_by_name(name).cloned();
-        let (Some(ids), Some(texts), Some(splits)) = (col("id"), col("text"), col("split")) else {
+        let (Some(ids), Some(sources), Some(texts), Some(splits)) =
+            (col("id"), col("source"), col("text"), col("split"))
+        else {
             return Some(Err(
-                self.err("a record batch lacks id/text/split".to_string())
+                self.err("a record batch lacks id/source/text/split".to_string())
             ));
         };
-        let (Some(ids), Some(texts), Some(splits)) =
-            (strings(&ids), strings(&texts), strings(&splits))
-        else {
+        let (Some(ids), Some(sources), Some(texts), Some(splits)) = (
+            strings(&ids),
+            strings(&sources),
+            strings(&texts),
+            strings(&splits),
+        ) else {
             return Some(Err(self.err(
-                "columns id, text and split must be UTF-8 strings".to_string(),
+                "columns id, source, text and split must be UTF-8 strings".to_string(),
             )));
         };
         let mut docs = Vec::with_capacity(texts.len());
@@ -104,6 +110,7 @@ impl Iterator for DocBatches {
             let Some(text) = texts[row] else { continue };
             docs.push(Doc {
                 id: ids[row].unwrap_or_default().to_string(),
+                source: sources[row].unwrap_or_default().to_string(),
                 text: text.to_string(),
                 split,
             });
@@ -174,7 +181,9 @@ pub fn write_parquet_shard(path: &Path, docs: &[Doc]) -> Result<()> {
             Arc::new(StringArray::from_iter_values(
                 docs.iter().map(|d| d.id.as_str()),
             )),
-            Arc::new(StringArray::from_iter_values(docs.iter().map(|_| "test"))),
+            Arc::new(StringArray::from_iter_values(
+                docs.iter().map(|d| d.source.as_str()),
+            )),
             Arc::new(StringArray::from_iter_values(
                 docs.iter().map(|d| d.text.as_str()),
             )),

@@ -43,7 +43,17 @@ impl Stage for TokenizerStage {
         config.tokenizer.enabled
     }
     fn config_slice(&self, config: &PipelineConfig) -> serde_json::Value {
-        serde_json::json!({ "tokenizer": config.tokenizer, "seed": config.seed })
+        // The extra texts by content: editing one retrains the tokenizer.
+        let extra: Vec<String> = config
+            .tokenizer
+            .extra_text
+            .iter()
+            .map(|p| {
+                tardbot_core::hash::hash_file(&config.resolve(p))
+                    .map_or_else(|e| format!("unreadable: {e}"), |h| h.hex)
+            })
+            .collect();
+        serde_json::json!({ "tokenizer": config.tokenizer, "seed": config.seed, "extra_text_hashes": extra })
     }
     fn resources(&self, _config: &PipelineConfig) -> Resources {
         Resources {
@@ -65,7 +75,9 @@ impl Stage for TokenizerStage {
         let pool = thread_pool(ctx.threads)?;
 
         // 1. Train on (a sample of) the train split.
-        let trained = pool.install(|| train_from_shards(&shards, &opts, &out, &|| ctx.cancelled()));
+        let extra = extra_texts(&ctx.config)?;
+        let trained =
+            pool.install(|| train_from_shards(&shards, &extra, &opts, &out, &|| ctx.cancelled()));
         let Some(report) = trained.map_err(StageError::failed)? else {
             return Err(StageError::Interrupted(None));
         };
@@ -94,6 +106,7 @@ impl Stage for TokenizerStage {
                     report.train_split_bytes as f64,
                 ),
                 ("tokenizer/sampled_bytes", report.sampled_bytes as f64),
+                ("tokenizer/extra_bytes", report.extra_bytes as f64),
                 ("tokenizer/train_seconds", report.seconds),
                 ("tokenizer/val_bytes_per_token", val.bytes_per_token()),
                 ("tokenizer/val_docs", val.docs as f64),
@@ -240,6 +253,26 @@ impl Stage for TokenizeStage {
 }
 
 /// The ingest stage's Parquet shards, sorted by path (the order fixes shard names and data order).
+/// The non-empty lines of `[tokenizer] extra_text`, each one text of the training sample.
+fn extra_texts(config: &PipelineConfig) -> Result<Vec<String>, StageError> {
+    let mut texts = Vec::new();
+    for p in &config.tokenizer.extra_text {
+        let path = config.resolve(p);
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            StageError::failed(format!(
+                "tokenizer.extra_text: reading {}: {e}",
+                path.display()
+            ))
+        })?;
+        texts.extend(
+            text.lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(str::to_string),
+        );
+    }
+    Ok(texts)
+}
+
 fn parquet_inputs(ctx: &StageContext) -> Result<Vec<PathBuf>, StageError> {
     let mut shards: Vec<PathBuf> = ctx
         .input("ingest")

@@ -10,7 +10,8 @@
 //! `max_training_bytes`: when the train split is larger, each document is kept with probability
 //! `max_training_bytes / train_bytes`, decided by a hash of its id and the pipeline seed
 //! (deterministic, spread over the whole corpus rather than its first files), and reading stops
-//! once the cap is reached. Peak memory is therefore ~ the distinct-word table of the sample plus one
+//! once the cap is reached. `extra` texts (`[tokenizer] extra_text`: the fine-tuning formats, JSON
+//! tool calls and Python code) are all fed first, outside the cap. Peak memory is therefore ~ the distinct-word table of the sample plus one
 //! record batch per thread.
 
 use crate::docs::DocBatches;
@@ -43,9 +44,12 @@ pub struct TrainOptions {
 pub struct TrainReport {
     /// Bytes of text in the train split of the input.
     pub train_split_bytes: u64,
-    /// Documents and bytes actually fed to the trainer.
+    /// Documents and bytes of the corpus actually fed to the trainer.
     pub sampled_docs: u64,
     pub sampled_bytes: u64,
+    /// Texts and bytes of `[tokenizer] extra_text` fed to it (all of them).
+    pub extra_texts: u64,
+    pub extra_bytes: u64,
     pub vocab_size: usize,
     pub seconds: f64,
 }
@@ -94,11 +98,12 @@ where
     Ok(())
 }
 
-/// Trains on the `train` split of Parquet shards, sampling to `max_training_bytes` (see the module
-/// docs). `stop` is polled between documents: when it returns true, training ends early with
-/// `Ok(None)` and nothing is written.
+/// Trains on `extra` texts and the `train` split of Parquet shards, sampling the shards to
+/// `max_training_bytes` (see the module docs). `stop` is polled between documents: when it returns
+/// true, training ends early with `Ok(None)` and nothing is written.
 pub fn train_from_shards(
     shards: &[PathBuf],
+    extra: &[String],
     opts: &TrainOptions,
     out: &Path,
     stop: &(dyn Fn() -> bool + Sync),
@@ -118,6 +123,7 @@ pub fn train_from_shards(
     let failure: Arc<Mutex<Option<TokenizeError>>> = Arc::default();
     let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let texts = SampledTexts {
+        extra: extra.iter().rev().cloned().collect(),
         shards: shards.to_vec(),
         next_shard: 0,
         current: None,
@@ -151,6 +157,8 @@ pub fn train_from_shards(
         train_split_bytes,
         sampled_docs,
         sampled_bytes,
+        extra_texts: extra.len() as u64,
+        extra_bytes: extra.iter().map(|t| t.len() as u64).sum(),
         vocab_size: opts.vocab_size,
         seconds: started.elapsed().as_secs_f64(),
     }))
@@ -158,6 +166,8 @@ pub fn train_from_shards(
 
 /// The documents the trainer sees, streamed; errors are parked in `failure` and end the stream.
 struct SampledTexts<'a> {
+    /// `extra` texts not yet fed, reversed (popped first, outside the budget).
+    extra: Vec<String>,
     shards: Vec<PathBuf>,
     next_shard: usize,
     current: Option<DocBatches>,
@@ -191,6 +201,9 @@ impl Iterator for SampledTexts<'_> {
                 self.stopped
                     .store(true, std::sync::atomic::Ordering::SeqCst);
                 return None;
+            }
+            if let Some(t) = self.extra.pop() {
+                return Some(t);
             }
             if let Some(t) = self.pending.pop() {
                 let mut s = self.sampled.lock().ok()?;

@@ -231,6 +231,7 @@ fn gen_docs(n: usize, seed: u64, val_every: usize) -> Vec<Doc> {
             }
             Doc {
                 id: format!("doc-{seed}-{i}"),
+                source: "gen".into(),
                 text,
                 split: if val_every > 0 && i % val_every == val_every - 1 {
                     Split::Val
@@ -458,6 +459,7 @@ fn bad_input_empty_splits_and_special_strings() {
     let specials: String = SPECIAL_TOKENS.iter().map(|(_, t)| *t).collect();
     docs.push(Doc {
         id: "specials".into(),
+        source: "gen".into(),
         text: specials.clone(),
         split: Split::Train,
     });
@@ -836,6 +838,53 @@ fn config_checks_name_their_fields() {
     );
 }
 
+/// `[tokenizer] extra_text`: texts in the fine-tuning formats join the sample, so a tool call in
+/// JSON takes fewer tokens than with a tokenizer trained on prose alone.
+#[test]
+fn extra_texts_make_their_format_tokenize_compactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let shard = dir.path().join("a.parquet");
+    write_parquet_shard(&shard, &gen_docs(300, 5, 0)).unwrap();
+    let call = |i: usize| {
+        format!(
+            r#"{{"name": "convert_units", "arguments": {{"value": {i}, "from_unit": "kilometers", "to_unit": "miles"}}}}"#
+        )
+    };
+    let extra: Vec<String> = (0..200).map(call).collect();
+    let train = |extra: &[String], out: &str| {
+        let opts = tardbot_tokenize::train_tokenizer::TrainOptions {
+            vocab_size: 600,
+            min_frequency: 2,
+            max_training_bytes: u64::MAX,
+            seed: 3,
+        };
+        let out = dir.path().join(out);
+        let r = tardbot_tokenize::train_tokenizer::train_from_shards(
+            std::slice::from_ref(&shard),
+            extra,
+            &opts,
+            &out,
+            &|| false,
+        )
+        .unwrap()
+        .unwrap();
+        (r, tardbot_tokens::tokenizer::load_tokenizer(&out).unwrap())
+    };
+    let (plain_report, plain) = train(&[], "plain.json");
+    let (report, with_extra) = train(&extra, "extra.json");
+    assert_eq!((plain_report.extra_texts, report.extra_texts), (0, 200));
+    assert_eq!(
+        report.sampled_bytes, plain_report.sampled_bytes,
+        "the corpus sample is unchanged"
+    );
+    let probe = call(12345);
+    let (a, b) = (
+        plain.encode(&probe).unwrap().len(),
+        with_extra.encode(&probe).unwrap().len(),
+    );
+    assert!(b * 2 < a, "{b} tokens with the extra texts, {a} without");
+}
+
 #[test]
 fn training_text_is_sampled_to_the_byte_budget() {
     let dir = tempfile::tempdir().unwrap();
@@ -853,6 +902,7 @@ fn training_text_is_sampled_to_the_byte_budget() {
         let out = dir.path().join(out);
         tardbot_tokenize::train_tokenizer::train_from_shards(
             std::slice::from_ref(&shard),
+            &[],
             &opts,
             &out,
             &|| false,
@@ -890,6 +940,7 @@ fn training_text_is_sampled_to_the_byte_budget() {
     let out = dir.path().join("d.json");
     let r = tardbot_tokenize::train_tokenizer::train_from_shards(
         std::slice::from_ref(&shard),
+        &[],
         &opts,
         &out,
         &|| true,

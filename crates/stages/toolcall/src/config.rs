@@ -17,6 +17,12 @@ pub struct ToolcallData {
     pub bfcl: Option<PathBuf>,
     /// Generated multi-turn examples (a tool runs and its result is fed back).
     pub generated: usize,
+    /// Word problems answered by a program the `python` tool really runs (it needs `python3`; the
+    /// programs are ours, not a model's, so they run even where no sandbox is available).
+    pub python: usize,
+    /// Questions answered from the corpus through the offline `search` (the `search_index` stage's
+    /// index).
+    pub search: usize,
     pub validation_fraction: f64,
     pub eval: TaskEvalConfig,
 }
@@ -26,6 +32,8 @@ impl Default for ToolcallData {
         ToolcallData {
             bfcl: None,
             generated: 200,
+            python: 0,
+            search: 0,
             validation_fraction: 0.1,
             eval: TaskEvalConfig {
                 examples: 16,
@@ -53,10 +61,10 @@ impl ChatData for ToolcallData {
             &[("bfcl", self.bfcl.as_deref())],
             p,
         );
-        if enabled && self.bfcl.is_none() && self.generated == 0 {
+        if enabled && self.bfcl.is_none() && self.generated + self.python + self.search == 0 {
             p.push(
                 &format!("data.{name}"),
-                "no examples: set `bfcl` to a BFCL JSONL file or `generated` above 0".to_string(),
+                "no examples: set `bfcl` to a BFCL JSONL file, or `generated`, `python` or `search` above 0".to_string(),
             );
         }
     }

@@ -23,8 +23,8 @@ pub use stage::ToolcallTask;
 
 pub use call::{CallError, ParsedCall, parse_tool_calls};
 pub use data::{
-    ABSTAIN_ANSWER, CallScore, DataError, Expected, aggregate, bfcl_examples, first_call_example,
-    generated_examples, load_bfcl, score, tools_system_prompt,
+    ABSTAIN_ANSWER, CallScore, DataError, Expected, ToolRunner, aggregate, bfcl_examples,
+    first_call_example, generated_examples, load_bfcl, score, tools_system_prompt,
 };
 pub use schema::{ToolSpec, Violation, validate_call};
 pub use tools::LocalTool;

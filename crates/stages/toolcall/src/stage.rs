@@ -2,13 +2,33 @@
 //! with real local tools), scored by parsing and validating the generated calls.
 
 use crate::config::ToolcallData;
-use crate::data::{aggregate, bfcl_examples, first_call_example, generated_examples, score};
+use crate::data::{
+    ToolRunner, aggregate, bfcl_examples, first_call_example, generated_examples, python_examples,
+    score, search_examples,
+};
 use std::path::Path;
+use std::sync::Arc;
 use tardbot_core::PipelineConfig;
 use tardbot_core::config::ConfigError;
-use tardbot_finetune::{BoxError, ChatExample, ChatSettings, ChatTask};
+use tardbot_finetune::{BoxError, ChatExample, ChatSettings, ChatTask, TaskInputs};
 
-pub struct ToolcallTask;
+/// The stage's task. Conversations with the runtime's tools (`[data.toolcall] python`, `search`)
+/// need a [`ToolRunner`] (the pipeline gives it the built-in tools of `tardbot-tools`).
+#[derive(Clone, Default)]
+pub struct ToolcallTask {
+    runner: Option<Arc<dyn ToolRunner>>,
+}
+
+impl ToolcallTask {
+    pub fn with_runner(runner: Arc<dyn ToolRunner>) -> ToolcallTask {
+        ToolcallTask {
+            runner: Some(runner),
+        }
+    }
+}
+
+/// The artifact kind of the `search_index` stage's index.
+const KIND_SEARCH_INDEX: &str = "search-index";
 
 impl ChatTask for ToolcallTask {
     fn name(&self) -> &'static str {
@@ -23,13 +43,34 @@ impl ChatTask for ToolcallTask {
         ChatSettings::parse::<ToolcallData>(config, self.name()).map(|(s, _)| s)
     }
 
-    fn examples(&self, config: &PipelineConfig) -> Result<Vec<ChatExample>, BoxError> {
+    fn inputs(&self) -> &'static [&'static str] {
+        &["search_index"]
+    }
+
+    fn examples(
+        &self,
+        config: &PipelineConfig,
+        inputs: &TaskInputs,
+    ) -> Result<Vec<ChatExample>, BoxError> {
         let (_, data) = ChatSettings::parse::<ToolcallData>(config, self.name())?;
         let mut examples = match &data.bfcl {
             Some(p) => bfcl_examples(&config.resolve(p))?,
             None => Vec::new(),
         };
         examples.extend(generated_examples(data.generated, config.seed));
+        if data.python + data.search > 0 {
+            let runner = self.runner.as_deref().ok_or(
+                "[data.toolcall] python and search need the runtime's tools, which this build's \
+                 toolcall task was not given",
+            )?;
+            examples.extend(python_examples(runner, data.python, config.seed)?);
+            if data.search > 0 {
+                let index = inputs.file("search_index", KIND_SEARCH_INDEX).ok_or(
+                    "[data.toolcall] search needs the search_index stage's index, and it recorded none",
+                )?;
+                examples.extend(search_examples(runner, index, data.search, config.seed)?);
+            }
+        }
         Ok(examples)
     }
 
@@ -49,15 +90,21 @@ impl ChatTask for ToolcallTask {
 
 /// Valid-JSON rate, tool-name accuracy, exact (name, arguments) match, correct abstention: over all
 /// items, then per source as `<metric>/bfcl` (BFCL rows: functions the model has not seen) and
-/// `<metric>/generated` (conversations with the local tools), so that a blend never hides a zero on
-/// one of them.
+/// `<metric>/generated` (conversations with our tools), and of those `<metric>/python` and
+/// `<metric>/search`, so that a blend never hides a zero on one of them.
 pub fn score_all(pairs: &[(&ChatExample, String)]) -> Vec<(String, f64)> {
     let scores: Vec<_> = pairs.iter().map(|(ex, g)| score(ex, g)).collect();
     let mut out: Vec<(String, f64)> = aggregate(&scores)
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-    for (source, prefix) in [("bfcl", "bfcl:"), ("generated", "gen:")] {
+    // The runtime tools' conversations also on their own (they are part of `generated` too).
+    for (source, prefix) in [
+        ("bfcl", "bfcl:"),
+        ("generated", "gen:"),
+        ("python", "gen:python"),
+        ("search", "gen:search"),
+    ] {
         let part: Vec<_> = pairs
             .iter()
             .zip(&scores)

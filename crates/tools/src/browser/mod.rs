@@ -691,6 +691,10 @@ impl Tool for BrowserTool {
         }
     }
 
+    fn time_limit(&self) -> Option<std::time::Duration> {
+        Some(self.cfg.timeout)
+    }
+
     fn call(&self, arguments: &Map<String, Value>) -> Result<Value, ToolError> {
         let url = opt_str(arguments, "url")?;
         let step = step_of(arguments)?;

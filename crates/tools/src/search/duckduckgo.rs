@@ -45,6 +45,10 @@ impl SearchBackend for DuckDuckGo {
         "duckduckgo"
     }
 
+    fn time_limit(&self) -> Option<Duration> {
+        Some(self.timeout)
+    }
+
     fn search(&self, query: &str, max_results: usize) -> Result<Vec<SearchHit>, ToolError> {
         let base = Url::parse(&self.base_url).map_err(|e| {
             ToolError::Unavailable(format!(

@@ -72,11 +72,12 @@ impl Server {
     }
 
     fn tool(&self, max_results: usize, timeout: Duration) -> SearchTool {
-        SearchTool::new(&SearchConfig {
-            base_url: self.base_url.clone(),
+        SearchTool::new(&SearchConfig::duckduckgo(
+            &self.base_url,
             timeout,
             max_results,
-        })
+        ))
+        .unwrap()
     }
 
     fn seen(&self) -> Vec<Seen> {
@@ -315,11 +316,12 @@ fn an_unreachable_base_url_is_an_error() {
         .local_addr()
         .unwrap()
         .port();
-    let tool = SearchTool::new(&SearchConfig {
-        base_url: format!("http://127.0.0.1:{port}/html/"),
-        timeout: SECS,
-        max_results: 5,
-    });
+    let tool = SearchTool::new(&SearchConfig::duckduckgo(
+        &format!("http://127.0.0.1:{port}/html/"),
+        SECS,
+        5,
+    ))
+    .unwrap();
     assert!(failure(search(&tool, "rust")).contains("request to DuckDuckGo failed"));
 }
 
@@ -339,17 +341,14 @@ fn calls_from_inside_a_tokio_runtime_work() {
 #[test]
 fn the_registry_builds_it_with_its_settings_and_checks_its_arguments() {
     assert!(tardbot_tools::registry::BUILTIN.contains(&"search"));
-    let d = ToolRegistry::builtin(&["search"]).unwrap();
-    assert!(d.get("search").is_some());
+    // The default backend is the offline index, which a registry without a run does not have.
+    let e = ToolRegistry::builtin(&["search"]).err().unwrap();
+    assert!(e.contains("no index") && e.contains("duckduckgo"), "{e}");
     assert_eq!(SearchConfig::default().base_url, DEFAULT_BASE_URL);
 
     let server = Server::start(Some(200), fixture("results.html"));
     let settings = ToolSettings {
-        search: SearchConfig {
-            base_url: server.base_url.clone(),
-            timeout: SECS,
-            max_results: 2,
-        },
+        search: SearchConfig::duckduckgo(&server.base_url, SECS, 2),
         ..ToolSettings::default()
     };
     let tools = ToolRegistry::builtin_with(&["calculator", "search"], &settings).unwrap();
@@ -399,11 +398,7 @@ fn call(args: Value) -> String {
 fn in_the_loop_a_call_without_a_query_is_refused_and_a_good_one_runs() {
     let server = Server::start(Some(200), fixture("results.html"));
     let settings = ToolSettings {
-        search: SearchConfig {
-            base_url: server.base_url.clone(),
-            timeout: SECS,
-            max_results: 3,
-        },
+        search: SearchConfig::duckduckgo(&server.base_url, SECS, 3),
         ..ToolSettings::default()
     };
     let tools = ToolRegistry::builtin_with(&["search"], &settings).unwrap();

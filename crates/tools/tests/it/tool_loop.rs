@@ -143,6 +143,8 @@ struct TestTool {
     sleep: Duration,
     panic: bool,
     output: usize,
+    /// Its own bound on a call ([`Tool::time_limit`]).
+    limit: Option<Duration>,
 }
 
 impl Tool for TestTool {
@@ -158,6 +160,10 @@ impl Tool for TestTool {
         assert!(!self.panic, "the probe tool panics");
         Ok(json!({"text": "x".repeat(self.output)}))
     }
+
+    fn time_limit(&self) -> Option<Duration> {
+        self.limit
+    }
 }
 
 fn probe(sleep_ms: u64, panic: bool, output: usize) -> (ToolRegistry, Arc<AtomicUsize>) {
@@ -167,8 +173,31 @@ fn probe(sleep_ms: u64, panic: bool, output: usize) -> (ToolRegistry, Arc<Atomic
         sleep: Duration::from_millis(sleep_ms),
         panic,
         output,
+        limit: None,
     };
     (ToolRegistry::new().with(Arc::new(tool)), calls)
+}
+
+#[test]
+fn a_tool_with_a_longer_limit_of_its_own_is_waited_for() {
+    // The loop's default would give up after 200 ms; the tool says its calls may take 300 ms
+    // (e.g. `[tools.python] timeout_s` raised by the user), so its 400 ms answer is waited for.
+    let cfg = LoopConfig {
+        call_timeout: Duration::from_millis(200),
+        ..LoopConfig::default()
+    };
+    let tool = TestTool {
+        calls: Arc::new(AtomicUsize::new(0)),
+        sleep: Duration::from_millis(400),
+        panic: false,
+        output: 3,
+        limit: Some(Duration::from_millis(300)),
+    };
+    let tools = ToolRegistry::new().with(Arc::new(tool));
+    let mut s = Scripted::new(&[&call("probe", json!({})), "done"]);
+    let (conv, _, _) = run(&mut s, &tools, &cfg);
+    let result = &tool_results(&conv)[0];
+    assert!(result.contains("xxx"), "{result}");
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! A task is one JSONL line: `{"id", "kind", "tools": ["calculator", …], "prompt", "answer"}`. The
 //! tools are offered in the system turn as the toolcall stage trained them, the prompt is the user
 //! turn, the model answers greedily and every call it writes is executed by the loop. `answer` is a
-//! number (the final answer must contain a number within 0.1% of it), a string (the final answer
+//! number (the final answer must contain it: an integer exactly, otherwise within 0.1%), a string (the final answer
 //! must contain it, case-insensitively) or `null` (no tool fits: the task succeeds when the model
 //! calls none). `data/sample/agent_tasks.jsonl` holds 30 hand-written tasks over the built-in tools
 //! and the bundled corpus (for `search`), none of them in any training set.
@@ -116,9 +116,11 @@ pub fn is_right(expected: &Expected, answer: &str, called: bool) -> bool {
     match expected {
         Expected::NoCall => !called,
         Expected::Text(t) => answer.to_lowercase().contains(t.as_str()),
+        // An integer exactly; otherwise within 0.1% (the task's figure is rounded).
+        Expected::Number(x) if x.fract() == 0.0 => numbers_in(answer).contains(x),
         Expected::Number(x) => numbers_in(answer)
             .into_iter()
-            .any(|y| (y - x).abs() <= 1e-3 * x.abs().max(1e-9)),
+            .any(|y| (y - x).abs() <= 1e-3 * x.abs()),
     }
 }
 

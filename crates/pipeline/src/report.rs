@@ -61,9 +61,16 @@ pub async fn status(
             duration(s, run.ended_ms.or(run.heartbeat_ms))
         )),
     );
+    // As wide as the longest stage name (search_index), at least the header's.
+    let w = attempts
+        .iter()
+        .map(|a| a.stage.len())
+        .max()
+        .unwrap_or(0)
+        .max(10);
     let _ = writeln!(
         out,
-        "{:<10} {:>7}  {:<12} {:>9}  note",
+        "{:<w$} {:>7}  {:<12} {:>9}  note",
         "stage", "attempt", "state", "duration"
     );
     let mut origin = std::collections::HashMap::new();
@@ -86,7 +93,7 @@ pub async fn status(
     for a in &attempts {
         let _ = writeln!(
             out,
-            "{:<10} {:>7}  {:<12} {:>9}  {}",
+            "{:<w$} {:>7}  {:<12} {:>9}  {}",
             a.stage,
             a.attempt,
             a.status.as_str(),

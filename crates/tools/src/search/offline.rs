@@ -171,7 +171,7 @@ pub fn build_index(
     writer.set_merge_policy(Box::new(NoMergePolicy));
     let mut n = 0u64;
     for p in passages {
-        if n % 1024 == 0 && cancelled() {
+        if n.is_multiple_of(1024) && cancelled() {
             return Ok(None);
         }
         let mut doc = TantivyDocument::default();

@@ -315,20 +315,7 @@ pub async fn eval(
         run.name,
         started.elapsed().as_secs_f64()
     );
-    for (metric, value) in &figures {
-        println!("  {metric:<32} {value:.4}");
-        ledger
-            .record_eval(&tardbot_ledger::Eval {
-                attempt_id: m.attempt_id,
-                checkpoint_id: None,
-                step: step as i64,
-                suite: suite.clone(),
-                metric: metric.clone(),
-                value: Some(*value),
-                samples: pairs.len() as i64,
-            })
-            .await?;
-    }
+    crate::inference::record_figures(ledger, m, &suite, step, &figures, pairs.len()).await?;
     Ok(figures)
 }
 

@@ -389,21 +389,34 @@ pub async fn eval(
         run.name,
         started.elapsed().as_secs_f64()
     );
-    for (metric, value) in &figures {
+    record_figures(ledger, m, &suite_name, step, &figures, pairs.len()).await?;
+    Ok(figures)
+}
+
+/// Prints eval figures and records them as evals of the model's attempt at `step`.
+pub(crate) async fn record_figures(
+    ledger: &Ledger,
+    m: &RunModel,
+    suite: &str,
+    step: u64,
+    figures: &[(String, f64)],
+    samples: usize,
+) -> anyhow::Result<()> {
+    for (metric, value) in figures {
         println!("  {metric:<32} {value:.4}");
         ledger
             .record_eval(&Eval {
                 attempt_id: m.attempt_id,
                 checkpoint_id: None,
                 step: step as i64,
-                suite: suite_name.clone(),
+                suite: suite.to_string(),
                 metric: metric.clone(),
                 value: Some(*value),
-                samples: pairs.len() as i64,
+                samples: samples as i64,
             })
             .await?;
     }
-    Ok(figures)
+    Ok(())
 }
 
 /// The run's recorded config, if it still parses.

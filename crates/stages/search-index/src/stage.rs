@@ -1,10 +1,10 @@
 //! The stage: load the documents, cut passages, index, measure, record.
 
-use std::path::PathBuf;
 use std::time::Instant;
 use tardbot_core::PipelineConfig;
 use tardbot_stage::{Resources, Stage, StageContext, StageError, StageOutput};
 use tardbot_tokenize::docs::DocBatches;
+use tardbot_tokenize::stage::parquet_inputs;
 use tardbot_tools::search::offline::{
     OfflineIndex, PASSAGE_CHARS, Passage, build_index, passages_of,
 };
@@ -13,7 +13,6 @@ use tardbot_tools::search::offline::{
 pub const KIND_SEARCH_INDEX: &str = "search-index";
 /// Its name in the stage's output directory.
 pub const INDEX_DIR: &str = "search-index";
-const KIND_PARQUET: &str = "parquet-shard";
 /// Passages the recall check looks for (spread evenly over the index).
 const RECALL_PROBES: usize = 200;
 /// Words of a passage that make up its probe query.
@@ -113,22 +112,6 @@ impl Stage for SearchIndexStage {
         );
         Ok(StageOutput::default().with(KIND_SEARCH_INDEX, INDEX_DIR))
     }
-}
-
-fn parquet_inputs(ctx: &StageContext) -> Result<Vec<PathBuf>, StageError> {
-    let mut shards: Vec<PathBuf> = ctx
-        .input("ingest")
-        .iter()
-        .filter(|a| a.kind == KIND_PARQUET)
-        .map(|a| PathBuf::from(&a.path))
-        .collect();
-    shards.sort();
-    if shards.is_empty() {
-        return Err(StageError::failed(format!(
-            "the ingest stage produced no `{KIND_PARQUET}` artifacts; check [ingest] sources"
-        )));
-    }
-    Ok(shards)
 }
 
 /// Up to [`RECALL_PROBES`] passages spread evenly over all of them, each with enough words to

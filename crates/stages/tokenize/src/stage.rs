@@ -273,7 +273,8 @@ fn extra_texts(config: &PipelineConfig) -> Result<Vec<String>, StageError> {
     Ok(texts)
 }
 
-fn parquet_inputs(ctx: &StageContext) -> Result<Vec<PathBuf>, StageError> {
+/// The ingest stage's Parquet shards among a stage's inputs, sorted; none is an error.
+pub fn parquet_inputs(ctx: &StageContext) -> Result<Vec<PathBuf>, StageError> {
     let mut shards: Vec<PathBuf> = ctx
         .input("ingest")
         .iter()

@@ -34,6 +34,14 @@ fn python_examples() -> usize {
     if ok { 6 } else { 0 }
 }
 
+fn browser_examples() -> usize {
+    let ok = Path::new("/usr/bin/chromium").exists();
+    if !ok {
+        eprintln!("SKIP the toolcall stage's browser conversations: no /usr/bin/chromium");
+    }
+    if ok { 4 } else { 0 }
+}
+
 fn write_config(dir: &Path, max_experts_in_memory: usize) {
     let toml = format!(
         r#"workspace = "work"
@@ -113,7 +121,9 @@ eval_batches = 2
 generated = 60
 python = {python}
 search = 8
+browser = {browser}
 eval = {{ examples = 4, max_new_tokens = 16 }}
+agent = {{ tasks = "{agent}", max_new_tokens = 16 }}
 
 [cot]
 steps = {FINETUNE_STEPS}
@@ -135,6 +145,8 @@ eval = {{ examples = 4, max_new_tokens = 16 }}
         jargon = sample("jargon.jsonl").display(),
         gsm = sample("gsm_sample.jsonl").display(),
         python = python_examples(),
+        browser = browser_examples(),
+        agent = sample("agent_tasks.jsonl").display(),
     );
     std::fs::write(dir.join("pipeline.toml"), toml).unwrap();
 }
@@ -485,10 +497,11 @@ fn tools_run_from_the_command_line(dir: &Path) {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("search_index"));
-    // The agent suite: the bundled tasks through the loop with the real tools, before (sft) and
-    // after (toolcall) the toolcall stage, recorded per kind and overall.
-    let tasks = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/sample/agent_tasks.jsonl");
-    for stage in ["sft", "toolcall"] {
+    // The agent suite: the bundled tasks through the loop with the real tools, per kind and
+    // overall. The toolcall stage ran them itself before (on the sft model) and after training
+    // (`[data.toolcall] agent`); `eval` runs them on any model (here sft's).
+    let tasks = sample("agent_tasks.jsonl");
+    for stage in ["sft"] {
         let out = cmd(
             dir,
             &[
@@ -528,8 +541,10 @@ fn tools_run_from_the_command_line(dir: &Path) {
                     .eval_series(run.id, stage, "agent:agent_tasks.jsonl", metric)
                     .await
                     .unwrap();
+                // sft: `eval`'s one row; toolcall: before and after, at its first and last step.
+                let rows = if stage == "sft" { 1 } else { 2 };
                 assert!(
-                    series.len() == 1 && series[0].1.is_some(),
+                    series.len() == rows && series.iter().all(|(_, v)| v.is_some()),
                     "{stage}: {metric} recorded as {series:?}"
                 );
             }

@@ -27,7 +27,7 @@ pub use example::{ChatExample, ExampleError, is_validation, read_jsonl, write_js
 pub use recipe::{generate_answers, input_file};
 pub use settings::{ChatData, ChatSettings, TaskEvalConfig, check_common};
 pub use stage::ChatStage;
-pub use task::{BoxError, ChatTask, TaskInputs};
+pub use task::{BoxError, ChatTask, SuiteFigures, TaskInputs};
 
 #[cfg(test)]
 mod mask_tests;

@@ -16,7 +16,7 @@
 use crate::chat_model::{greedy, respond};
 use crate::example::{ChatExample, is_validation, write_jsonl};
 use crate::settings::TaskEvalConfig;
-use crate::task::ChatTask;
+use crate::task::{ChatTask, TaskInputs};
 use std::path::{Path, PathBuf};
 use tardbot_core::ModelConfig;
 use tardbot_core::config::TrainConfig;
@@ -58,7 +58,7 @@ pub fn run(ctx: &StageContext, task: &dyn ChatTask) -> Result<StageOutput, Stage
         .map_err(|e| StageError::failed(format!("{}: {e}", model_json.display())))?;
 
     // 2. Data.
-    let inputs = crate::task::TaskInputs {
+    let inputs = TaskInputs {
         files: task
             .inputs()
             .iter()
@@ -106,6 +106,7 @@ pub fn run(ctx: &StageContext, task: &dyn ChatTask) -> Result<StageOutput, Stage
         serde_json::json!({
             "from": upstream, "step": trainer.step, "train_examples": data.train.len(),
             "val_examples": data.val.len(), "too_long": data.too_long,
+            "too_long_by_kind": data.too_long_by_kind,
         }),
     )?;
 
@@ -114,8 +115,10 @@ pub fn run(ctx: &StageContext, task: &dyn ChatTask) -> Result<StageOutput, Stage
         .iter()
         .flat_map(|ex| task.eval_items(ex))
         .collect();
-    let task_eval =
-        |trainer: &Trainer| task_eval(ctx, trainer, &tokenizer, &eval_set, &settings.eval, task);
+    let task_eval = |trainer: &Trainer| {
+        task_eval(ctx, trainer, &tokenizer, &eval_set, &settings.eval, task)?;
+        extra_evals(ctx, trainer, &tokenizer, &inputs, task)
+    };
     if !resumed {
         record_val_loss(ctx, &trainer, &val_batches, None)?;
         task_eval(&trainer)?;
@@ -149,6 +152,8 @@ struct Data {
     train: Vec<ChatExample>,
     val: Vec<ChatExample>,
     too_long: usize,
+    /// Of `too_long`, how many of each kind (so that a kind left out whole is seen).
+    too_long_by_kind: std::collections::BTreeMap<String, usize>,
     dir: PathBuf,
 }
 
@@ -164,11 +169,13 @@ impl Data {
         let (mut train, mut val) = (Vec::new(), Vec::new());
         let (mut train_chats, mut val_chats) = (Vec::new(), Vec::new());
         let mut too_long = 0;
+        let mut too_long_by_kind = std::collections::BTreeMap::<String, usize>::new();
         for ex in examples {
             let chat: RenderedChat = render_chat(tok, &ex.conversation, false)
                 .map_err(|e| StageError::failed(format!("example `{}`: {e}", ex.id)))?;
             if chat.tokens.len() > window {
                 too_long += 1;
+                *too_long_by_kind.entry(ex.kind.clone()).or_default() += 1;
                 continue;
             }
             if is_validation(&ex.id, val_fraction) {
@@ -191,7 +198,9 @@ impl Data {
         if too_long > 0 {
             info!(
                 too_long,
-                window, "examples longer than a window are left out"
+                window,
+                by_kind = ?too_long_by_kind,
+                "examples longer than a window are left out"
             );
         }
         let dir = ctx.out_dir.clone();
@@ -209,6 +218,7 @@ impl Data {
             train,
             val,
             too_long,
+            too_long_by_kind,
             dir,
         })
     }
@@ -245,6 +255,32 @@ pub fn task_eval(
             value = format!("{value:.3}"),
             "task eval"
         );
+    }
+    Ok(())
+}
+
+/// The task's [`ChatTask::extra_evals`] on the trainer's model, each recorded under its suite.
+fn extra_evals(
+    ctx: &StageContext,
+    trainer: &Trainer,
+    tok: &LoadedTokenizer,
+    inputs: &TaskInputs,
+    task: &dyn ChatTask,
+) -> Result<(), StageError> {
+    let suites = task
+        .extra_evals(&ctx.config, inputs, &trainer.model, tok)
+        .map_err(StageError::Failed)?;
+    for s in suites {
+        for (metric, value) in &s.figures {
+            ctx.record_eval(None, trainer.step, &s.suite, metric, *value, s.n)?;
+            info!(
+                step = trainer.step,
+                suite = s.suite,
+                metric,
+                value = format!("{value:.3}"),
+                "task eval"
+            );
+        }
     }
     Ok(())
 }

@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tardbot_core::PipelineConfig;
 use tardbot_core::config::ConfigError;
+use tardbot_model::TardBot;
+use tardbot_tokens::LoadedTokenizer;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -50,6 +52,20 @@ pub trait ChatTask: Send + Sync + 'static {
     /// Scores generated answers: `(example, generated text)` in, named figures out (rates in [0, 1]).
     fn score(&self, pairs: &[(&ChatExample, String)]) -> Vec<(String, f64)>;
 
+    /// Evals besides [`ChatTask::score`]'s, run on the model at the same points (the upstream
+    /// model before training, the trained one after) and recorded the same way, each under its own
+    /// suite (e.g. the toolcall stage's agent tasks through the real tool loop). Default: none.
+    fn extra_evals(
+        &self,
+        config: &PipelineConfig,
+        inputs: &TaskInputs,
+        model: &TardBot,
+        tok: &LoadedTokenizer,
+    ) -> Result<Vec<SuiteFigures>, BoxError> {
+        let _ = (config, inputs, model, tok);
+        Ok(Vec::new())
+    }
+
     /// Reads an eval file in the task's source format (`tardbot-pipeline eval --suite NAME`), for
     /// files that are not example JSONL (which every task reads).
     fn read_source_file(&self, path: &Path) -> Result<Vec<ChatExample>, BoxError> {
@@ -62,6 +78,14 @@ pub trait ChatTask: Send + Sync + 'static {
         )
         .into())
     }
+}
+
+/// One suite's figures from [`ChatTask::extra_evals`]: `(metric, value)` over `n` items.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SuiteFigures {
+    pub suite: String,
+    pub figures: Vec<(String, f64)>,
+    pub n: usize,
 }
 
 /// The files of a task's [`ChatTask::inputs`]: (kind, path) per upstream stage.

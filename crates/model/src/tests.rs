@@ -347,6 +347,39 @@ fn kv_cache_decoding_equals_full_forward_beyond_window() {
     }
 }
 
+/// A window longer than the sequence and a stride that is not a divisor of it (data/larger.toml's
+/// tiny with window 1024 / stride 256 on 300 tokens): plain attention, the fused kernels and the
+/// cache all agree.
+#[test]
+fn a_window_longer_than_the_sequence_agrees_on_every_path() {
+    let mut cfg = ModelConfig::from_preset("tiny").unwrap();
+    cfg.window = 1024;
+    cfg.window_stride = 256;
+    let (model, _) = TardBot::new_random(&cfg, 3, DType::F32, &Device::Cpu).unwrap();
+    let x = ids(&cfg, 1, 300, 4);
+    let plain = model.forward(&x, None).unwrap().logits;
+    let model = model.with_fused_kernels(true);
+    let fused = model.forward(&x, None).unwrap().logits;
+    assert!(max_abs_diff_as_f64(&plain, &fused) < 1e-4);
+    for chunk in [1, 77] {
+        let mut cache = model.new_cache();
+        let mut parts = Vec::new();
+        let mut s = 0;
+        while s < 300 {
+            let n = chunk.min(300 - s);
+            parts.push(
+                model
+                    .forward_cached(&x.narrow(1, s, n).unwrap(), &mut cache)
+                    .unwrap(),
+            );
+            s += n;
+        }
+        let inc = Tensor::cat(&parts, 1).unwrap();
+        let err = max_abs_diff_as_f64(&plain, &inc);
+        assert!(err < 1e-4, "chunk {chunk}: {err}");
+    }
+}
+
 #[test]
 fn fused_inference_kernels_match_training_path() {
     let cfg = ModelConfig::from_preset("tiny").unwrap();

@@ -22,7 +22,11 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
 use tardbot_finetune::{greedy, respond};
+use tardbot_model::TardBot;
+use tardbot_tokens::LoadedTokenizer;
 use tardbot_tokens::chat::{Conversation, Message, Role};
+use tardbot_toolcall::AgentEvaluator;
+use tardbot_toolcall::agent::agent_suite;
 use tardbot_tools::tool_loop::BoxError;
 use tardbot_tools::{Assistant, LoopConfig, LoopEvent, ToolRegistry, TurnOutcome, run_turn};
 
@@ -164,7 +168,8 @@ fn is_invalid_call(result: &str) -> bool {
 
 /// Runs one task through the loop with `tools` (the task's tools, built as configured).
 pub fn run_task(
-    m: &RunModel,
+    model: &TardBot,
+    tok: &LoadedTokenizer,
     task: &AgentTask,
     tools: &ToolRegistry,
     max_new_tokens: usize,
@@ -178,7 +183,11 @@ pub fn run_task(
             Message::new(Role::User, task.prompt.as_str()),
         ],
     };
-    let mut assistant = GreedyAssistant { m, max_new_tokens };
+    let mut assistant = GreedyAssistant {
+        model,
+        tok,
+        max_new_tokens,
+    };
     let mut o = TaskOutcome::default();
     let outcome = run_turn(
         &mut assistant,
@@ -209,15 +218,16 @@ pub fn run_task(
 }
 
 struct GreedyAssistant<'a> {
-    m: &'a RunModel,
+    model: &'a TardBot,
+    tok: &'a LoadedTokenizer,
     max_new_tokens: usize,
 }
 
 impl Assistant for GreedyAssistant<'_> {
     fn next_turn(&mut self, conv: &Conversation) -> Result<String, BoxError> {
         respond(
-            &self.m.model.model,
-            &self.m.model.tokenizer,
+            self.model,
+            self.tok,
             conv,
             self.max_new_tokens,
             greedy(),
@@ -261,6 +271,59 @@ pub fn score(pairs: &[(&AgentTask, TaskOutcome)]) -> Vec<(String, f64)> {
     out
 }
 
+/// Runs each task through the loop with its tools built from `settings`; `each` sees every outcome.
+pub fn run_tasks<'t>(
+    model: &TardBot,
+    tok: &LoadedTokenizer,
+    tasks: &'t [AgentTask],
+    settings: &tardbot_tools::ToolSettings,
+    max_new_tokens: usize,
+    each: &mut dyn FnMut(&AgentTask, &TaskOutcome),
+) -> anyhow::Result<Vec<(&'t AgentTask, TaskOutcome)>> {
+    let mut pairs = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        let names: Vec<&str> = t.tools.iter().map(String::as_str).collect();
+        let tools = ToolRegistry::builtin_with(&names, settings)
+            .map_err(|e| anyhow::anyhow!("task {}: {e}", t.id))?;
+        let o = run_task(model, tok, t, &tools, max_new_tokens)?;
+        each(t, &o);
+        pairs.push((t, o));
+    }
+    Ok(pairs)
+}
+
+/// The toolcall stage's agent eval (`[data.toolcall] agent`): the same tasks, loop and tools as
+/// `eval --suite agent`, the tools as `[tools.*]` configure them and `search` over the run's index.
+pub struct LoopAgentEvaluator;
+
+impl AgentEvaluator for LoopAgentEvaluator {
+    fn evaluate(
+        &self,
+        config: &tardbot_core::PipelineConfig,
+        tasks: &Path,
+        search_index: Option<&Path>,
+        model: &TardBot,
+        tok: &LoadedTokenizer,
+        max_new_tokens: usize,
+    ) -> Result<(Vec<(String, f64)>, usize), String> {
+        let mut settings = crate::registry::Registry::tool_settings(config);
+        if settings.search.index.is_none() {
+            settings.search.index = search_index.map(Path::to_path_buf);
+        }
+        let tasks = read_tasks(tasks).map_err(|e| format!("{e:#}"))?;
+        let pairs = run_tasks(
+            model,
+            tok,
+            &tasks,
+            &settings,
+            max_new_tokens,
+            &mut |_, _| {},
+        )
+        .map_err(|e| format!("{e:#}"))?;
+        Ok((score(&pairs), pairs.len()))
+    }
+}
+
 /// Runs the tasks of `data` (at most `limit`) with the run's model and records the figures as
 /// evals of the model's attempt (suite `agent:<file name>`), at the stage's final step.
 #[allow(clippy::too_many_arguments)]
@@ -279,33 +342,30 @@ pub async fn eval(
         tasks.truncate(n);
     }
     let started = std::time::Instant::now();
-    let mut pairs = Vec::with_capacity(tasks.len());
-    for t in &tasks {
-        let names: Vec<&str> = t.tools.iter().map(String::as_str).collect();
-        let tools = ToolRegistry::builtin_with(&names, settings)
-            .map_err(|e| anyhow::anyhow!("task {}: {e}", t.id))?;
-        let o = run_task(m, t, &tools, max_new_tokens)?;
-        println!(
-            "  {:<24} {} calls {:>2} ({} valid, {} tool errors)  {}",
-            t.id,
-            if o.success { "ok  " } else { "FAIL" },
-            o.call_attempts,
-            o.valid_calls,
-            o.tool_errors,
-            o.final_answer
-                .replace('\n', " ")
-                .chars()
-                .take(60)
-                .collect::<String>()
-        );
-        pairs.push((t, o));
-    }
+    let pairs = run_tasks(
+        &m.model.model,
+        &m.model.tokenizer,
+        &tasks,
+        settings,
+        max_new_tokens,
+        &mut |t, o| {
+            println!(
+                "  {:<24} {} calls {:>2} ({} valid, {} tool errors)  {}",
+                t.id,
+                if o.success { "ok  " } else { "FAIL" },
+                o.call_attempts,
+                o.valid_calls,
+                o.tool_errors,
+                o.final_answer
+                    .replace('\n', " ")
+                    .chars()
+                    .take(60)
+                    .collect::<String>()
+            )
+        },
+    )?;
     let figures = score(&pairs);
-    let file = data
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let suite = format!("agent:{file}");
+    let suite = agent_suite(data);
     let step = crate::inference::stage_steps(registry, run, &m.stage);
     println!(
         "{} agent tasks of {} on the `{}` model of {} ({:.1}s)",

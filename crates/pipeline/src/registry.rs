@@ -177,9 +177,12 @@ pub fn stages() -> Registry {
         .stage(tardbot_search_index::SearchIndexStage)
         .stage(tardbot_pretrain::PretrainStage)
         .chat(tardbot_sft::SftTask)
-        .chat(tardbot_toolcall::ToolcallTask::with_runner(
-            std::sync::Arc::new(tardbot_tools::data_runner::BuiltinRunner),
-        ))
+        .chat(
+            tardbot_toolcall::ToolcallTask::with_runner(std::sync::Arc::new(
+                tardbot_tools::data_runner::BuiltinRunner,
+            ))
+            .with_agent_evaluator(std::sync::Arc::new(crate::agent_eval::LoopAgentEvaluator)),
+        )
         .chat(tardbot_cot::CotTask)
 }
 

@@ -1,6 +1,7 @@
 //! `[data.toolcall]`: the BFCL file, how many multi-turn conversations are generated, the held-out
 //! fraction and the task eval's size. (The training settings are `[toolcall]`.)
 
+use crate::agent::AgentEvalConfig;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use tardbot_core::PipelineConfig;
@@ -23,6 +24,12 @@ pub struct ToolcallData {
     /// Questions answered from the corpus through the offline `search` (the `search_index` stage's
     /// index).
     pub search: usize,
+    /// Pages of the corpus (passages of the `search_index` stage's index) served on loopback and
+    /// read or followed by the `browser` tool (it needs Chromium).
+    pub browser: usize,
+    /// Agent tasks run through the real tool loop before and after training (`agent = { tasks =
+    /// "data/sample/agent_tasks.jsonl" }`); unset = none.
+    pub agent: Option<AgentEvalConfig>,
     pub validation_fraction: f64,
     pub eval: TaskEvalConfig,
 }
@@ -34,6 +41,8 @@ impl Default for ToolcallData {
             generated: 200,
             python: 0,
             search: 0,
+            browser: 0,
+            agent: None,
             validation_fraction: 0.1,
             eval: TaskEvalConfig {
                 examples: 16,
@@ -58,13 +67,22 @@ impl ChatData for ToolcallData {
             config,
             enabled,
             self.validation_fraction,
-            &[("bfcl", self.bfcl.as_deref())],
+            &[
+                ("bfcl", self.bfcl.as_deref()),
+                (
+                    "agent.tasks",
+                    self.agent.as_ref().map(|a| a.tasks.as_path()),
+                ),
+            ],
             p,
         );
-        if enabled && self.bfcl.is_none() && self.generated + self.python + self.search == 0 {
+        if enabled
+            && self.bfcl.is_none()
+            && self.generated + self.python + self.search + self.browser == 0
+        {
             p.push(
                 &format!("data.{name}"),
-                "no examples: set `bfcl` to a BFCL JSONL file, or `generated`, `python` or `search` above 0".to_string(),
+                "no examples: set `bfcl` to a BFCL JSONL file, or `generated`, `python`, `search` or `browser` above 0".to_string(),
             );
         }
     }

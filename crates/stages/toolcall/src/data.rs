@@ -4,8 +4,8 @@
 //! - `bfcl`: BFCL rows read into examples ([`load_bfcl`], [`bfcl_examples`]).
 //! - `generated`: conversations with the real local tools ([`generated_examples`],
 //!   [`first_call_example`]).
-//! - `executed`: conversations with the runtime's `python` and `search`, really run through a
-//!   [`ToolRunner`] ([`python_examples`], [`search_examples`]).
+//! - `executed`: conversations with the runtime's `python`, `search` and `browser`, really run
+//!   through a [`ToolRunner`] ([`python_examples`], [`search_examples`], [`browser_examples`]).
 //! - `scoring`: how a generated assistant turn fares against an example's reference ([`score`],
 //!   [`aggregate`]; see [`CallScore`]).
 //! - `ground_truth`: BFCL's ground-truth form (accepted values per argument), read by the BFCL
@@ -23,7 +23,7 @@ mod ground_truth;
 mod scoring;
 
 pub use bfcl::{BfclLoad, DataError, Skipped, bfcl_examples, load_bfcl};
-pub use executed::{ToolRunner, python_examples, search_examples};
+pub use executed::{SITE, ToolRunner, browser_examples, python_examples, search_examples};
 pub use generated::{first_call_example, generated_examples};
 pub use scoring::{CallScore, Expected, aggregate, args_match, score};
 

@@ -4,11 +4,13 @@
 //! - [`schema`]: tool definitions (JSON schema) and validating a call against them.
 //! - [`tools`]: real local tools (calculator, unit converter, lookup) used in generated conversations.
 //! - [`data`]: the data builder (BFCL rows + generated multi-turn conversations) and the call scorer.
+//! - [`agent`]: the agent eval (tasks through the real tool loop) among the stage's evals.
 //! - [`stage`]: [`ToolcallTask`], the stage as a chat task (fine-tuned from `sft` by `tardbot-finetune`): its examples and tool-call evals.
 //!
 //! What it does not do: the training loop, checkpoints and generation (`tardbot-finetune`,
 //! `tardbot-train`) or the chat template (`tardbot-tokens`).
 
+pub mod agent;
 pub mod call;
 pub mod config;
 pub mod data;
@@ -19,6 +21,7 @@ pub mod tools;
 #[cfg(test)]
 mod test_util;
 
+pub use agent::{AgentEvalConfig, AgentEvaluator};
 pub use stage::ToolcallTask;
 
 pub use call::{CallError, ParsedCall, parse_tool_calls};

@@ -1,28 +1,41 @@
 //! The `toolcall` task: fine-tune on tool calls (BFCL rows and generated multi-turn conversations
 //! with real local tools), scored by parsing and validating the generated calls.
 
+use crate::agent::{AgentEvaluator, agent_suite};
 use crate::config::ToolcallData;
 use crate::data::{
-    ToolRunner, aggregate, bfcl_examples, first_call_example, generated_examples, python_examples,
-    score, search_examples,
+    ToolRunner, aggregate, bfcl_examples, browser_examples, first_call_example, generated_examples,
+    python_examples, score, search_examples,
 };
 use std::path::Path;
 use std::sync::Arc;
 use tardbot_core::PipelineConfig;
 use tardbot_core::config::ConfigError;
-use tardbot_finetune::{BoxError, ChatExample, ChatSettings, ChatTask, TaskInputs};
+use tardbot_finetune::{BoxError, ChatExample, ChatSettings, ChatTask, SuiteFigures, TaskInputs};
+use tardbot_model::TardBot;
+use tardbot_tokens::LoadedTokenizer;
 
-/// The stage's task. Conversations with the runtime's tools (`[data.toolcall] python`, `search`)
-/// need a [`ToolRunner`] (the pipeline gives it the built-in tools of `tardbot-tools`).
+/// The stage's task. Conversations with the runtime's tools (`[data.toolcall] python`, `search`,
+/// `browser`) need a [`ToolRunner`] (the pipeline gives it the built-in tools of `tardbot-tools`).
+/// The agent eval (`[data.toolcall] agent`) needs an [`AgentEvaluator`] the same way.
 #[derive(Clone, Default)]
 pub struct ToolcallTask {
     runner: Option<Arc<dyn ToolRunner>>,
+    agent: Option<Arc<dyn AgentEvaluator>>,
 }
 
 impl ToolcallTask {
     pub fn with_runner(runner: Arc<dyn ToolRunner>) -> ToolcallTask {
         ToolcallTask {
             runner: Some(runner),
+            agent: None,
+        }
+    }
+
+    pub fn with_agent_evaluator(self, agent: Arc<dyn AgentEvaluator>) -> ToolcallTask {
+        ToolcallTask {
+            agent: Some(agent),
+            ..self
         }
     }
 }
@@ -58,17 +71,19 @@ impl ChatTask for ToolcallTask {
             None => Vec::new(),
         };
         examples.extend(generated_examples(data.generated, config.seed));
-        if data.python + data.search > 0 {
+        if data.python + data.search + data.browser > 0 {
             let runner = self.runner.as_deref().ok_or(
-                "[data.toolcall] python and search need the runtime's tools, which this build's \
+                "[data.toolcall] python, search and browser need the runtime's tools, which this build's \
                  toolcall task was not given",
             )?;
             examples.extend(python_examples(runner, data.python, config.seed)?);
-            if data.search > 0 {
+            if data.search + data.browser > 0 {
                 let index = inputs.file("search_index", KIND_SEARCH_INDEX).ok_or(
-                    "[data.toolcall] search needs the search_index stage's index, and it recorded none",
+                    "[data.toolcall] search and browser need the search_index stage's index (the \
+                     browser's pages are its passages), and it recorded none",
                 )?;
                 examples.extend(search_examples(runner, index, data.search, config.seed)?);
+                examples.extend(browser_examples(runner, index, data.browser, config.seed)?);
             }
         }
         Ok(examples)
@@ -76,6 +91,32 @@ impl ChatTask for ToolcallTask {
 
     fn eval_items(&self, example: &ChatExample) -> Vec<ChatExample> {
         eval_items(example)
+    }
+
+    fn extra_evals(
+        &self,
+        config: &PipelineConfig,
+        inputs: &TaskInputs,
+        model: &TardBot,
+        tok: &LoadedTokenizer,
+    ) -> Result<Vec<SuiteFigures>, BoxError> {
+        let (_, data) = ChatSettings::parse::<ToolcallData>(config, self.name())?;
+        let Some(agent) = &data.agent else {
+            return Ok(Vec::new());
+        };
+        let evaluator = self.agent.as_deref().ok_or(
+            "[data.toolcall] agent needs the tool loop and the runtime's tools, which this build's \
+             toolcall task was not given",
+        )?;
+        let tasks = config.resolve(&agent.tasks);
+        let index = inputs.file("search_index", KIND_SEARCH_INDEX);
+        let (figures, n) =
+            evaluator.evaluate(config, &tasks, index, model, tok, agent.max_new_tokens)?;
+        Ok(vec![SuiteFigures {
+            suite: agent_suite(&tasks),
+            figures,
+            n,
+        }])
     }
 
     fn score(&self, pairs: &[(&ChatExample, String)]) -> Vec<(String, f64)> {
@@ -90,8 +131,8 @@ impl ChatTask for ToolcallTask {
 
 /// Valid-JSON rate, tool-name accuracy, exact (name, arguments) match, correct abstention: over all
 /// items, then per source as `<metric>/bfcl` (BFCL rows: functions the model has not seen) and
-/// `<metric>/generated` (conversations with our tools), and of those `<metric>/python` and
-/// `<metric>/search`, so that a blend never hides a zero on one of them.
+/// `<metric>/generated` (conversations with our tools), and of those `<metric>/python`,
+/// `<metric>/search` and `<metric>/browser`, so that a blend never hides a zero on one of them.
 pub fn score_all(pairs: &[(&ChatExample, String)]) -> Vec<(String, f64)> {
     let scores: Vec<_> = pairs.iter().map(|(ex, g)| score(ex, g)).collect();
     let mut out: Vec<(String, f64)> = aggregate(&scores)
@@ -104,6 +145,7 @@ pub fn score_all(pairs: &[(&ChatExample, String)]) -> Vec<(String, f64)> {
         ("generated", "gen:"),
         ("python", "gen:python"),
         ("search", "gen:search"),
+        ("browser", "gen:browser"),
     ] {
         let part: Vec<_> = pairs
             .iter()

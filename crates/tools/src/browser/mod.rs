@@ -645,14 +645,14 @@ impl Tool for BrowserTool {
     fn spec(&self) -> ToolSpec {
         ToolSpec {
             name: "browser".into(),
+            // Short: the spec is in every prompt that offers the tool, and small models have
+            // small windows.
             description: format!(
-                "A headless web browser that keeps its page between calls. Open a page (`url`, http \
-                 or https) or act on the current one (no `url`): \"read\" (default) returns its final \
-                 URL, title and visible text; \"links\" its links; \"click\" clicks an element (CSS \
-                 `selector`) or a link or button by its text (`link_text`) and returns the page it \
-                 leads to; \"fill_and_submit\" sets form `fields` ({{\"CSS selector\": \"value\"}}), \
-                 submits the form (or clicks `submit`, a selector) and returns the resulting page. \
-                 Hosts: {}. {} s per call; text beyond {} KiB is cut.",
+                "A headless web browser; its page stays open between calls. `url`: open that page \
+                 (http or https), else act on the current one. `action`: \"read\" (default: title \
+                 and text), \"links\", \"click\" (`selector` or `link_text`), \
+                 \"fill_and_submit\" (`fields`, optional `submit`); click and submit return the \
+                 page they lead to. Hosts: {}. {} s per call; text past {} KiB is cut.",
                 self.cfg.hosts_summary(),
                 self.cfg.timeout.as_secs_f64(),
                 self.cfg.max_text_bytes / 1024
@@ -660,31 +660,12 @@ impl Tool for BrowserTool {
             parameters: json!({
                 "type": "dict",
                 "properties": {
-                    "url": {
-                        "type": "string",
-                        "description": "The page's absolute URL, http:// or https://; omitted: the current page."
-                    },
-                    "action": {
-                        "type": "string",
-                        "enum": ["read", "links", "click", "fill_and_submit"],
-                        "description": "\"read\" (default): title and text; \"links\": the page's links; \"click\"; \"fill_and_submit\"."
-                    },
-                    "selector": {
-                        "type": "string",
-                        "description": "click: a CSS selector of the element to click."
-                    },
-                    "link_text": {
-                        "type": "string",
-                        "description": "click: the text of the link or button to click."
-                    },
-                    "fields": {
-                        "type": "dict",
-                        "description": "fill_and_submit: CSS selector of each input → its value."
-                    },
-                    "submit": {
-                        "type": "string",
-                        "description": "fill_and_submit: CSS selector of the button to click (default: submit the form)."
-                    }
+                    "url": {"type": "string", "description": "The page to open; omitted: the current page."},
+                    "action": {"type": "string", "enum": ["read", "links", "click", "fill_and_submit"]},
+                    "selector": {"type": "string", "description": "click: a CSS selector."},
+                    "link_text": {"type": "string", "description": "click: the text of a link or button."},
+                    "fields": {"type": "dict", "description": "fill_and_submit: CSS selector → value."},
+                    "submit": {"type": "string", "description": "fill_and_submit: the submit button's CSS selector."}
                 },
                 "required": []
             }),

@@ -1,8 +1,9 @@
-//! The toolcall stage's conversations with the runtime's tools, made with the real `python` and
-//! the real offline `search`: the results are real, and two builds give the same bits.
+//! The toolcall stage's conversations with the runtime's tools, made with the real `python`, the
+//! real offline `search` and a real Chromium: the results are real, and two builds give the same
+//! bits.
 
 use serde_json::Value;
-use tardbot_toolcall::data::{python_examples, search_examples};
+use tardbot_toolcall::data::{SITE, browser_examples, python_examples, search_examples};
 use tardbot_tools::data_runner::BuiltinRunner;
 use tardbot_tools::search::offline::{build_index, passages_of};
 
@@ -44,8 +45,8 @@ fn python_conversations_carry_what_the_program_printed() {
     }
 }
 
-#[test]
-fn search_conversations_answer_from_the_top_result() {
+/// An index of three glossary-like documents.
+fn three_doc_index() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let docs = [
         (
@@ -70,6 +71,12 @@ fn search_conversations_answer_from_the_top_result() {
     build_index(dir.path(), passages, &|| false)
         .unwrap()
         .unwrap();
+    dir
+}
+
+#[test]
+fn search_conversations_answer_from_the_top_result() {
+    let dir = three_doc_index();
     let a = search_examples(&BuiltinRunner, dir.path(), 3, 7).unwrap();
     assert_eq!(a.len(), 3);
     assert_eq!(
@@ -85,4 +92,44 @@ fn search_conversations_answer_from_the_top_result() {
         assert!(m[4].content.contains(top), "{} / {top}", m[4].content);
         assert!(result["results"].as_array().unwrap().len() <= 2);
     }
+}
+
+#[test]
+fn browser_conversations_read_what_chromium_rendered() {
+    if !std::path::Path::new(tardbot_tools::browser::DEFAULT_CHROMIUM).exists() {
+        eprintln!("SKIPPED: no Chromium (apt-get install -y chromium)");
+        return;
+    }
+    let dir = three_doc_index();
+    let a = browser_examples(&BuiltinRunner, dir.path(), 3, 5).unwrap();
+    assert_eq!(a.len(), 3);
+    // Another server, another port, another browser: the same bits.
+    assert_eq!(
+        a,
+        browser_examples(&BuiltinRunner, dir.path(), 3, 5).unwrap()
+    );
+    let mut followed = 0;
+    for e in &a {
+        let m = &e.conversation.messages;
+        let args = &m[2].tool_calls[0].arguments;
+        followed += usize::from(args["action"] == "click");
+        let result: Value = serde_json::from_str(&m[3].content).unwrap();
+        // The final URL is the page's, written under SITE.
+        let url = result["url"].as_str().unwrap();
+        assert!(url.starts_with(&format!("{SITE}/page/")), "{result}");
+        let title = result["title"].as_str().unwrap();
+        assert!(
+            ["ABEND", "all your base are belong to us", "The Tempest"].contains(&title),
+            "{result}"
+        );
+        let text = result["text"].as_str().unwrap();
+        assert!(!text.contains('<'), "rendered text, not HTML: {text}");
+        assert!(
+            m[4].content
+                .starts_with(&format!("The page \"{title}\" says: ")),
+            "{}",
+            m[4].content
+        );
+    }
+    eprintln!("{followed} of 3 followed a link");
 }

@@ -1,6 +1,8 @@
 //! Conversations with the runtime's tools, really executed: `python` runs a short program for a
 //! word problem and the answer is read from its actual output; `search` looks the corpus up in the
-//! offline index and the answer is read from the passage it returns.
+//! offline index and the answer is read from the passage it returns; `browser` opens pages made of
+//! the corpus's passages, served on loopback, reads one or follows a link to it, and the answer is
+//! read from the text the browser really rendered.
 //!
 //! The tools live in `tardbot-tools`, which depends on this crate, so the pipeline hands them in as
 //! a [`ToolRunner`]. Each example: the tool and a distractor on offer in the system turn, the user's
@@ -36,7 +38,20 @@ pub trait ToolRunner: Send + Sync {
         n: usize,
         seed: u64,
     ) -> Result<Vec<(String, String)>, String>;
+
+    /// Serves `pages` (path → HTML document) on loopback and makes `calls` of the `browser` tool
+    /// against them, in order, in one browser session. URLs in the calls and in the results are
+    /// written with [`SITE`] as their origin (the runner maps it to the port it really serves on,
+    /// so examples do not depend on a port). Returns the browser's spec and each call's result.
+    fn browse(
+        &self,
+        pages: &[(String, String)],
+        calls: &[Map<String, Value>],
+    ) -> Result<(ToolSpec, Vec<Value>), String>;
 }
+
+/// The origin the browser conversations' pages are written under.
+pub const SITE: &str = "http://127.0.0.1:8000";
 
 /// A word problem and the program that solves it.
 struct Problem {
@@ -311,6 +326,138 @@ pub fn search_examples(
     Ok(out)
 }
 
+const READ_ASK: &[&str] = &[
+    "Open {u} and tell me what it says.",
+    "What is on the page {u}?",
+    "Read {u} for me. How does it begin?",
+];
+const FOLLOW_ASK: &[&str] = &[
+    "On {u}, open the entry \"{t}\" and tell me what it says.",
+    "Go to {u} and follow the link \"{t}\". What is that page about?",
+    "The list at {u} has a link called \"{t}\". Click it and summarize the page.",
+];
+
+/// Entries on one shelf page of the browser conversations' site.
+const SHELF: usize = 6;
+
+fn escape_html(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The site the browser conversations visit: `/page/<i>`, one passage each (its title as the
+/// document's title, its paragraphs as `<p>`), and `/shelf/<k>`, lists of links to [`SHELF`] pages.
+fn corpus_site(passages: &[(String, String)]) -> Vec<(String, String)> {
+    let mut pages: Vec<(String, String)> = passages
+        .iter()
+        .enumerate()
+        .map(|(i, (title, text))| {
+            let body: String = text
+                .split("\n\n")
+                .filter(|p| !p.trim().is_empty())
+                .map(|p| format!("<p>{}</p>\n", escape_html(p.trim())))
+                .collect();
+            (
+                format!("/page/{i}"),
+                format!(
+                    "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{}</title></head>\n<body>\n{body}</body></html>\n",
+                    escape_html(title)
+                ),
+            )
+        })
+        .collect();
+    for (k, shelf) in passages.chunks(SHELF).enumerate() {
+        let items: String = shelf
+            .iter()
+            .enumerate()
+            .map(|(j, (title, _))| {
+                format!(
+                    "<li><a href=\"/page/{}\">{}</a></li>\n",
+                    k * SHELF + j,
+                    escape_html(title)
+                )
+            })
+            .collect();
+        pages.push((
+            format!("/shelf/{k}"),
+            format!(
+                "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>Shelf {k}</title></head>\n<body>\n<h1>Shelf {k}</h1>\n<ul>\n{items}</ul>\n</body></html>\n"
+            ),
+        ));
+    }
+    pages
+}
+
+/// `n` conversations that browse pages of the corpus (ids `browser:<seed>:<i>`, kind
+/// `gen:browser`): a page opened and read, or a shelf of links opened and one followed by its text.
+/// The answer comes from the text the browser returned. Titles that repeat on a shelf are read, not
+/// followed (a link's text must name one page).
+pub fn browser_examples(
+    runner: &dyn ToolRunner,
+    index: &Path,
+    n: usize,
+    seed: u64,
+) -> Result<Vec<ChatExample>, String> {
+    let mut rng = SplitMix64::new(seed ^ 0x6272_6f77_7365_0000);
+    let passages = runner.sample_passages(index, n, seed ^ 0x6272_6f77)?;
+    let pages = corpus_site(&passages);
+    let mut plans = Vec::with_capacity(passages.len());
+    for (i, (title, _)) in passages.iter().enumerate() {
+        let shelf = i / SHELF;
+        let unique = passages
+            .iter()
+            .skip(shelf * SHELF)
+            .take(SHELF)
+            .filter(|(t, _)| t == title)
+            .count()
+            == 1;
+        let mut arguments = Map::new();
+        let user = if unique && rng.below(2) == 0 {
+            let u = format!("{SITE}/shelf/{shelf}");
+            arguments.insert("url".into(), json!(u));
+            arguments.insert("action".into(), json!("click"));
+            arguments.insert("link_text".into(), json!(title));
+            FOLLOW_ASK[rng.below(FOLLOW_ASK.len() as u64) as usize]
+                .replace("{u}", &u)
+                .replace("{t}", title)
+        } else {
+            let u = format!("{SITE}/page/{i}");
+            arguments.insert("url".into(), json!(u));
+            arguments.insert("action".into(), json!("read"));
+            READ_ASK[rng.below(READ_ASK.len() as u64) as usize].replace("{u}", &u)
+        };
+        plans.push((user, arguments));
+    }
+    let calls: Vec<Map<String, Value>> = plans.iter().map(|(_, a)| a.clone()).collect();
+    let (spec, results) = runner.browse(&pages, &calls)?;
+    let mut out = Vec::with_capacity(plans.len());
+    for (i, ((user, arguments), result)) in plans.into_iter().zip(&results).enumerate() {
+        let page_title = result["title"].as_str().unwrap_or_default().to_string();
+        let said = first_sentence(result["text"].as_str().unwrap_or_default());
+        if page_title.is_empty() || said.is_empty() {
+            return Err(format!(
+                "the browser did not render page {i} of the generated site: {result}"
+            ));
+        }
+        let specs = vec![spec.clone(), distractor(&mut rng)];
+        out.push(example(
+            format!("browser:{seed}:{i}"),
+            "gen:browser",
+            specs,
+            &mut rng,
+            user,
+            "browser",
+            arguments,
+            result,
+            format!("The page \"{page_title}\" says: {said}"),
+            said,
+        ));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,6 +500,62 @@ mod tests {
                 .map(|i| (format!("Title {i}"), "w ".repeat(20 + i)))
                 .collect())
         }
+
+        /// Reads the page's `<title>` and the text of its first `<p>` from the HTML served.
+        fn browse(
+            &self,
+            pages: &[(String, String)],
+            calls: &[Map<String, Value>],
+        ) -> Result<(ToolSpec, Vec<Value>), String> {
+            let spec = ToolSpec {
+                name: "browser".into(),
+                description: "d".into(),
+                parameters: json!({"type": "dict", "properties": {}}),
+            };
+            let between = |s: &str, a: &str, b: &str| {
+                let i = s.find(a).unwrap() + a.len();
+                s[i..i + s[i..].find(b).unwrap()].to_string()
+            };
+            let results = calls
+                .iter()
+                .map(|c| {
+                    let path = c["url"].as_str().unwrap().strip_prefix(SITE).unwrap();
+                    let mut html = &pages.iter().find(|(p, _)| p == path).unwrap().1;
+                    if c["action"] == "click" {
+                        let t = c["link_text"].as_str().unwrap();
+                        let href = between(html, "", &format!("\">{t}<"));
+                        let href = &href[href.rfind('"').unwrap() + 1..];
+                        html = &pages.iter().find(|(p, _)| p == href).unwrap().1;
+                    }
+                    json!({"title": between(html, "<title>", "</title>"),
+                           "text": format!("{} end.\n\nMore.", between(html, "<p>", "</p>"))})
+                })
+                .collect();
+            Ok((spec, results))
+        }
+    }
+
+    #[test]
+    fn browser_examples_read_or_follow_the_served_pages() {
+        let b = browser_examples(&Fake, Path::new("idx"), 14, 3).unwrap();
+        assert_eq!(b.len(), 14);
+        assert_eq!(b, browser_examples(&Fake, Path::new("idx"), 14, 3).unwrap());
+        let mut followed = 0;
+        for (i, e) in b.iter().enumerate() {
+            let m = &e.conversation.messages;
+            let args = &m[2].tool_calls[0].arguments;
+            assert!(args["url"].as_str().unwrap().starts_with(SITE));
+            followed += usize::from(args["action"] == "click");
+            // Whichever way it got there, the page read is passage i's.
+            let result: Value = serde_json::from_str(&m[3].content).unwrap();
+            assert_eq!(result["title"], json!(format!("Title {i}")), "{args}");
+            assert!(
+                m[4].content
+                    .starts_with(&format!("The page \"Title {i}\" says: w w"))
+            );
+            assert!(!m[4].content.contains("More."));
+        }
+        assert!(followed > 0 && followed < 14, "{followed}");
     }
 
     #[test]

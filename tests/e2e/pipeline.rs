@@ -119,6 +119,7 @@ eval_batches = 2
 
 [data.toolcall]
 generated = 60
+unseen = 10
 python = {python}
 search = 8
 browser = {browser}

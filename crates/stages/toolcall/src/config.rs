@@ -18,6 +18,9 @@ pub struct ToolcallData {
     pub bfcl: Option<PathBuf>,
     /// Generated multi-turn examples (a tool runs and its result is fed back).
     pub generated: usize,
+    /// Single-turn calls to functions made up for each example (names and schemas from word
+    /// lists): the skill BFCL rows measure, reading an unseen function's schema (see data/unseen.rs).
+    pub unseen: usize,
     /// Word problems answered by a program the `python` tool really runs (it needs `python3`; the
     /// programs are ours, not a model's, so they run even where no sandbox is available).
     pub python: usize,
@@ -39,6 +42,7 @@ impl Default for ToolcallData {
         ToolcallData {
             bfcl: None,
             generated: 200,
+            unseen: 0,
             python: 0,
             search: 0,
             browser: 0,
@@ -78,11 +82,11 @@ impl ChatData for ToolcallData {
         );
         if enabled
             && self.bfcl.is_none()
-            && self.generated + self.python + self.search + self.browser == 0
+            && self.generated + self.unseen + self.python + self.search + self.browser == 0
         {
             p.push(
                 &format!("data.{name}"),
-                "no examples: set `bfcl` to a BFCL JSONL file, or `generated`, `python`, `search` or `browser` above 0".to_string(),
+                "no examples: set `bfcl` to a BFCL JSONL file, or `generated`, `unseen`, `python`, `search` or `browser` above 0".to_string(),
             );
         }
     }

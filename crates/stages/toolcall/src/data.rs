@@ -6,6 +6,8 @@
 //!   [`first_call_example`]).
 //! - `executed`: conversations with the runtime's `python`, `search` and `browser`, really run
 //!   through a [`ToolRunner`] ([`python_examples`], [`search_examples`], [`browser_examples`]).
+//! - `unseen`: calls to functions made up for each example, BFCL's shape
+//!   ([`unseen_function_examples`]).
 //! - `scoring`: how a generated assistant turn fares against an example's reference ([`score`],
 //!   [`aggregate`]; see [`CallScore`]).
 //! - `ground_truth`: BFCL's ground-truth form (accepted values per argument), read by the BFCL
@@ -21,11 +23,13 @@ mod executed;
 mod generated;
 mod ground_truth;
 mod scoring;
+mod unseen;
 
 pub use bfcl::{BfclLoad, DataError, Skipped, bfcl_examples, load_bfcl};
 pub use executed::{SITE, ToolRunner, browser_examples, python_examples, search_examples};
 pub use generated::{first_call_example, generated_examples};
 pub use scoring::{CallScore, Expected, aggregate, args_match, score};
+pub use unseen::unseen_function_examples;
 
 /// The assistant's answer when none of the tools fits the request.
 pub const ABSTAIN_ANSWER: &str = "None of the available tools can do that.";

@@ -5,7 +5,7 @@ use crate::agent::{AgentEvaluator, agent_suite};
 use crate::config::ToolcallData;
 use crate::data::{
     ToolRunner, aggregate, bfcl_examples, browser_examples, first_call_example, generated_examples,
-    python_examples, score, search_examples,
+    python_examples, score, search_examples, unseen_function_examples,
 };
 use std::path::Path;
 use std::sync::Arc;
@@ -71,6 +71,7 @@ impl ChatTask for ToolcallTask {
             None => Vec::new(),
         };
         examples.extend(generated_examples(data.generated, config.seed));
+        examples.extend(unseen_function_examples(data.unseen, config.seed));
         if data.python + data.search + data.browser > 0 {
             let runner = self.runner.as_deref().ok_or(
                 "[data.toolcall] python, search and browser need the runtime's tools, which this build's \
@@ -131,7 +132,8 @@ impl ChatTask for ToolcallTask {
 
 /// Valid-JSON rate, tool-name accuracy, exact (name, arguments) match, correct abstention: over all
 /// items, then per source as `<metric>/bfcl` (BFCL rows: functions the model has not seen) and
-/// `<metric>/generated` (conversations with our tools), and of those `<metric>/python`,
+/// `<metric>/generated` (conversations with our tools), `<metric>/unseen` (calls to made-up
+/// functions), and of the generated `<metric>/python`,
 /// `<metric>/search` and `<metric>/browser`, so that a blend never hides a zero on one of them.
 pub fn score_all(pairs: &[(&ChatExample, String)]) -> Vec<(String, f64)> {
     let scores: Vec<_> = pairs.iter().map(|(ex, g)| score(ex, g)).collect();
@@ -143,6 +145,7 @@ pub fn score_all(pairs: &[(&ChatExample, String)]) -> Vec<(String, f64)> {
     for (source, prefix) in [
         ("bfcl", "bfcl:"),
         ("generated", "gen:"),
+        ("unseen", "unseen"),
         ("python", "gen:python"),
         ("search", "gen:search"),
         ("browser", "gen:browser"),

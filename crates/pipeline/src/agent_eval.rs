@@ -254,19 +254,19 @@ pub fn score(pairs: &[(&AgentTask, TaskOutcome)]) -> Vec<(String, f64)> {
             format!("{kind}/task_success"),
             sum(&|o| usize::from(o.success)) / n,
         ));
-        if attempts > 0.0 {
-            out.push((
-                format!("{kind}/valid_calls"),
-                sum(&|o| o.valid_calls) / attempts,
-            ));
-        }
+        // A rate over no calls is undefined: NaN, recorded as NULL, so that a model that made no
+        // call shows no rate before training rather than the after value (v_stage_evals takes the
+        // first row it has as `before`).
+        let rate = |num: f64, den: f64| if den > 0.0 { num / den } else { f64::NAN };
+        out.push((
+            format!("{kind}/valid_calls"),
+            rate(sum(&|o| o.valid_calls), attempts),
+        ));
         out.push((format!("{kind}/calls_per_task"), attempts / n));
-        if executed > 0.0 {
-            out.push((
-                format!("{kind}/tool_errors"),
-                sum(&|o| o.tool_errors) / executed,
-            ));
-        }
+        out.push((
+            format!("{kind}/tool_errors"),
+            rate(sum(&|o| o.tool_errors), executed),
+        ));
     }
     out
 }
@@ -434,7 +434,7 @@ mod tests {
         assert_eq!(f["calculator/valid_calls"], 0.5);
         assert_eq!(f["all/calls_per_task"], 1.0);
         assert_eq!(f["calculator/tool_errors"], 0.0);
-        assert!(!f.contains_key("search/valid_calls"), "no calls, no rate");
+        assert!(f["search/valid_calls"].is_nan(), "no calls, no rate");
     }
 
     #[test]

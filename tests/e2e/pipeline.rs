@@ -502,34 +502,29 @@ fn tools_run_from_the_command_line(dir: &Path) {
     // overall. The toolcall stage ran them itself before (on the sft model) and after training
     // (`[data.toolcall] agent`); `eval` runs them on any model (here sft's).
     let tasks = sample("agent_tasks.jsonl");
-    for stage in ["sft"] {
-        let out = cmd(
-            dir,
-            &[
-                "eval",
-                "run-1",
-                "--suite",
-                "agent",
-                "--stage",
-                stage,
-                "--data",
-                tasks.to_str().unwrap(),
-                "--max-new-tokens",
-                "16",
-            ],
-        )
-        .output()
-        .unwrap();
-        eprintln!(
-            "agent eval, {stage}:\n{}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let out = cmd(
+        dir,
+        &[
+            "eval",
+            "run-1",
+            "--suite",
+            "agent",
+            "--stage",
+            "sft",
+            "--data",
+            tasks.to_str().unwrap(),
+            "--max-new-tokens",
+            "16",
+        ],
+    )
+    .output()
+    .unwrap();
+    eprintln!("agent eval, sft:\n{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     with_ledger(dir, async |l| {
         let run = l.run("run-1").await.unwrap();
         for stage in ["sft", "toolcall"] {

@@ -246,11 +246,28 @@ pub fn task_eval(
     let answers = generate_answers(&trainer.model, tok, eval_set, eval.max_new_tokens)
         .map_err(StageError::Failed)?;
     let pairs: Vec<(&ChatExample, String)> = eval_set.iter().zip(answers).collect();
-    for (metric, value) in task.score(&pairs) {
-        ctx.record_eval(None, trainer.step, ctx.stage, &metric, value, pairs.len())?;
+    record_suite(
+        ctx,
+        trainer.step,
+        ctx.stage,
+        &task.score(&pairs),
+        pairs.len(),
+    )
+}
+
+/// Records and logs one suite's figures over `n` items at `step`.
+fn record_suite(
+    ctx: &StageContext,
+    step: u64,
+    suite: &str,
+    figures: &[(String, f64)],
+    n: usize,
+) -> Result<(), StageError> {
+    for (metric, value) in figures {
+        ctx.record_eval(None, step, suite, metric, *value, n)?;
         info!(
-            step = trainer.step,
-            suite = ctx.stage,
+            step,
+            suite,
             metric,
             value = format!("{value:.3}"),
             "task eval"
@@ -271,16 +288,7 @@ fn extra_evals(
         .extra_evals(&ctx.config, inputs, &trainer.model, tok)
         .map_err(StageError::Failed)?;
     for s in suites {
-        for (metric, value) in &s.figures {
-            ctx.record_eval(None, trainer.step, &s.suite, metric, *value, s.n)?;
-            info!(
-                step = trainer.step,
-                suite = s.suite,
-                metric,
-                value = format!("{value:.3}"),
-                "task eval"
-            );
-        }
+        record_suite(ctx, trainer.step, &s.suite, &s.figures, s.n)?;
     }
     Ok(())
 }

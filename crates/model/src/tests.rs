@@ -311,6 +311,23 @@ fn documents_do_not_see_each_other() {
     assert!(max_abs_diff_as_f64(&la.narrow(1, 1, 3).unwrap(), &lb.narrow(1, 1, 3).unwrap()) > 1e-6);
 }
 
+/// The logits of `x` fed to the cache `chunk` tokens at a time.
+fn decode_in_chunks(model: &TardBot, x: &Tensor, chunk: usize, cache: &mut KvCache) -> Tensor {
+    let t = x.dim(1).unwrap();
+    let mut parts = Vec::new();
+    let mut s = 0;
+    while s < t {
+        let n = chunk.min(t - s);
+        parts.push(
+            model
+                .forward_cached(&x.narrow(1, s, n).unwrap(), cache)
+                .unwrap(),
+        );
+        s += n;
+    }
+    Tensor::cat(&parts, 1).unwrap()
+}
+
 #[test]
 fn kv_cache_decoding_equals_full_forward_beyond_window() {
     let cfg = micro(); // window 4
@@ -324,18 +341,7 @@ fn kv_cache_decoding_equals_full_forward_beyond_window() {
         let full = model.forward(&x, None).unwrap().logits;
         for chunk in [1, 3, 6] {
             let mut cache = model.new_cache();
-            let mut parts = Vec::new();
-            let mut s = 0;
-            while s < t {
-                let n = chunk.min(t - s);
-                parts.push(
-                    model
-                        .forward_cached(&x.narrow(1, s, n).unwrap(), &mut cache)
-                        .unwrap(),
-                );
-                s += n;
-            }
-            let inc = Tensor::cat(&parts, 1).unwrap();
+            let inc = decode_in_chunks(&model, &x, chunk, &mut cache);
             let err = max_abs_diff_as_f64(&full, &inc);
             let tol = if fused { 1e-4 } else { 1e-11 };
             assert!(err < tol, "fused {fused} chunk {chunk}: {err}");
@@ -362,19 +368,7 @@ fn a_window_longer_than_the_sequence_agrees_on_every_path() {
     let fused = model.forward(&x, None).unwrap().logits;
     assert!(max_abs_diff_as_f64(&plain, &fused) < 1e-4);
     for chunk in [1, 77] {
-        let mut cache = model.new_cache();
-        let mut parts = Vec::new();
-        let mut s = 0;
-        while s < 300 {
-            let n = chunk.min(300 - s);
-            parts.push(
-                model
-                    .forward_cached(&x.narrow(1, s, n).unwrap(), &mut cache)
-                    .unwrap(),
-            );
-            s += n;
-        }
-        let inc = Tensor::cat(&parts, 1).unwrap();
+        let inc = decode_in_chunks(&model, &x, chunk, &mut model.new_cache());
         let err = max_abs_diff_as_f64(&plain, &inc);
         assert!(err < 1e-4, "chunk {chunk}: {err}");
     }

@@ -31,6 +31,26 @@ pub use generated::{first_call_example, generated_examples};
 pub use scoring::{CallScore, Expected, aggregate, args_match, score};
 pub use unseen::unseen_function_examples;
 
+/// The assistant turn that makes one call, and that call as a reference's `ground_truth` entry
+/// (`{name: {argument: [its one accepted value]}}`, BFCL's form).
+pub(crate) fn one_call(
+    name: &str,
+    arguments: serde_json::Map<String, serde_json::Value>,
+) -> (tardbot_tokens::chat::Message, serde_json::Value) {
+    use serde_json::{Value, json};
+    use tardbot_tokens::chat::{Message, Role, ToolCall};
+    let accepted: serde_json::Map<String, Value> = arguments
+        .iter()
+        .map(|(k, v)| (k.clone(), json!([v])))
+        .collect();
+    let mut call = Message::new(Role::Assistant, "");
+    call.tool_calls.push(ToolCall {
+        name: name.to_string(),
+        arguments: Value::Object(arguments),
+    });
+    (call, json!({ name: accepted }))
+}
+
 /// The assistant's answer when none of the tools fits the request.
 pub const ABSTAIN_ANSWER: &str = "None of the available tools can do that.";
 

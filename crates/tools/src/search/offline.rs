@@ -338,19 +338,8 @@ impl OfflineIndex {
         let offset = (seed % step as u64) as usize;
         let mut out = Vec::new();
         for addr in addresses.iter().skip(offset).step_by(step).take(n) {
-            let doc: TantivyDocument = searcher.doc(*addr).map_err(|e| {
-                ToolError::Failed(format!(
-                    "the offline index {} is damaged: {e}",
-                    self.dir.display()
-                ))
-            })?;
-            let get = |f: Field| {
-                doc.get_first(f)
-                    .and_then(|v| v.as_str())
-                    .unwrap_or_default()
-                    .to_string()
-            };
-            out.push((get(self.fields.title), get(self.fields.text)));
+            let hit = self.stored(&searcher, *addr)?;
+            out.push((hit.title, hit.snippet));
         }
         Ok(out)
     }
@@ -371,25 +360,34 @@ impl OfflineIndex {
             .map_err(|e| ToolError::Failed(format!("the offline index failed: {e}")))?;
         let mut hits = Vec::with_capacity(top.len());
         for (_score, addr) in top {
-            let doc: TantivyDocument = searcher.doc(addr).map_err(|e| {
-                ToolError::Failed(format!(
-                    "the offline index {} is damaged: {e}",
-                    self.dir.display()
-                ))
-            })?;
-            let get = |f: Field| {
-                doc.get_first(f)
-                    .and_then(|v| v.as_str())
-                    .unwrap_or_default()
-                    .to_string()
-            };
-            hits.push(SearchHit {
-                title: get(self.fields.title),
-                url: get(self.fields.url),
-                snippet: get(self.fields.text),
-            });
+            hits.push(self.stored(&searcher, addr)?);
         }
         Ok(hits)
+    }
+
+    /// The stored passage at `addr`: its title, URL and whole text (as the snippet).
+    fn stored(
+        &self,
+        searcher: &tantivy::Searcher,
+        addr: tantivy::DocAddress,
+    ) -> Result<SearchHit, ToolError> {
+        let doc: TantivyDocument = searcher.doc(addr).map_err(|e| {
+            ToolError::Failed(format!(
+                "the offline index {} is damaged: {e}",
+                self.dir.display()
+            ))
+        })?;
+        let get = |f: Field| {
+            doc.get_first(f)
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_string()
+        };
+        Ok(SearchHit {
+            title: get(self.fields.title),
+            url: get(self.fields.url),
+            snippet: get(self.fields.text),
+        })
     }
 }
 

@@ -11,14 +11,14 @@
 //! every build, or a resumed stage would not train on the same data), and the answer. Tool results
 //! are tool turns, so they stay out of the loss.
 
-use super::tools_system_prompt;
+use super::{one_call, tools_system_prompt};
 use crate::schema::ToolSpec;
 use crate::tools::LocalTool;
 use serde_json::{Map, Value, json};
 use std::path::Path;
 use tardbot_core::rng::SplitMix64;
 use tardbot_finetune::ChatExample;
-use tardbot_tokens::chat::{Conversation, Message, Role, ToolCall};
+use tardbot_tokens::chat::{Conversation, Message, Role};
 
 /// Runs the runtime's built-in tools for the data builder (`tardbot-tools` implements it).
 pub trait ToolRunner: Send + Sync {
@@ -155,15 +155,7 @@ fn example(
         .iter()
         .map(|s| serde_json::to_value(s).unwrap_or(Value::Null))
         .collect();
-    let ground_truth: Map<String, Value> = arguments
-        .iter()
-        .map(|(k, v)| (k.clone(), json!([v])))
-        .collect();
-    let mut call = Message::new(Role::Assistant, "");
-    call.tool_calls.push(ToolCall {
-        name: name.to_string(),
-        arguments: Value::Object(arguments),
-    });
+    let (call, ground_truth) = one_call(name, arguments);
     ChatExample {
         id,
         kind: kind.to_string(),
@@ -178,7 +170,7 @@ fn example(
         },
         reference: json!({
             "tools": tools_json,
-            "ground_truth": [{name: ground_truth}],
+            "ground_truth": [ground_truth],
             "abstain": false,
             "final_answer": final_answer,
         }),

@@ -8,12 +8,12 @@
 //! turn instead, to score the call. One in eight is a request no tool can serve, answered with
 //! [`ABSTAIN_ANSWER`].
 
-use super::{ABSTAIN_ANSWER, tools_system_prompt};
+use super::{ABSTAIN_ANSWER, one_call, tools_system_prompt};
 use crate::tools::{ELEMENTS, Element, LocalTool, UNITS, Unit, format_number};
 use serde_json::{Map, Value, json};
 use tardbot_core::rng::SplitMix64;
 use tardbot_finetune::ChatExample;
-use tardbot_tokens::chat::{Conversation, Message, Role, ToolCall};
+use tardbot_tokens::chat::{Conversation, Message, Role};
 
 const CALC_ASK: &[&str] = &[
     "What is {e}?",
@@ -296,16 +296,7 @@ pub fn generated_examples(n: usize, seed: u64) -> Vec<ChatExample> {
             .call(&g.arguments)
             .unwrap_or_else(|e| json!({"error": e}));
         let (answer_text, answer) = final_answer(&g, ask, &result, &mut rng);
-        let ground_truth: Map<String, Value> = g
-            .arguments
-            .iter()
-            .map(|(k, v)| (k.clone(), json!([v])))
-            .collect();
-        let mut call = Message::new(Role::Assistant, "");
-        call.tool_calls.push(ToolCall {
-            name: g.tool.name().to_string(),
-            arguments: Value::Object(g.arguments.clone()),
-        });
+        let (call, ground_truth) = one_call(g.tool.name(), g.arguments.clone());
         out.push(ChatExample {
             id,
             kind: format!("gen:{}", g.tool.name()),
@@ -320,7 +311,7 @@ pub fn generated_examples(n: usize, seed: u64) -> Vec<ChatExample> {
             },
             reference: json!({
                 "tools": tools_json,
-                "ground_truth": [{g.tool.name(): ground_truth}],
+                "ground_truth": [ground_truth],
                 "abstain": false,
                 "final_answer": answer,
             }),

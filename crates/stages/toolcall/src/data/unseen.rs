@@ -11,12 +11,12 @@
 //! as the last assistant turn, the reference's `ground_truth`), so they are scored the same way, as
 //! their own source `unseen`.
 
-use super::tools_system_prompt;
+use super::{one_call, tools_system_prompt};
 use crate::schema::ToolSpec;
 use serde_json::{Map, Value, json};
 use tardbot_core::rng::SplitMix64;
 use tardbot_finetune::ChatExample;
-use tardbot_tokens::chat::{Conversation, Message, Role, ToolCall};
+use tardbot_tokens::chat::{Conversation, Message, Role};
 
 /// (name part, how a request says it).
 const VERBS: &[(&str, &str)] = &[
@@ -297,15 +297,7 @@ pub fn unseen_function_examples(n: usize, seed: u64) -> Vec<ChatExample> {
             // "I need the …" reads better than "I need The …"; a template may start with {noun}.
             let user = capitalize(&user);
             let specs: Vec<ToolSpec> = functions.iter().map(|f| f.spec.clone()).collect();
-            let ground_truth: Map<String, Value> = arguments
-                .iter()
-                .map(|(k, v)| (k.clone(), json!([v])))
-                .collect();
-            let mut call = Message::new(Role::Assistant, "");
-            call.tool_calls.push(ToolCall {
-                name: f.spec.name.clone(),
-                arguments: Value::Object(arguments),
-            });
+            let (call, ground_truth) = one_call(&f.spec.name, arguments);
             ChatExample {
                 id: format!("unseen:{seed}:{i}"),
                 kind: "unseen".into(),
@@ -318,7 +310,7 @@ pub fn unseen_function_examples(n: usize, seed: u64) -> Vec<ChatExample> {
                 },
                 reference: json!({
                     "tools": specs,
-                    "ground_truth": [{f.spec.name.clone(): ground_truth}],
+                    "ground_truth": [ground_truth],
                     "abstain": false,
                 }),
             }
